@@ -5,6 +5,11 @@
 -- OpenMP waiting, and glibc malloc told to keep freed memory.
 local E = require("engine")
 
+if not os.getenv("OPENBLAS_CORETYPE") then
+  -- on VMs that hide the CPU model OpenBLAS falls back to SSE3 kernels (~4x slower)
+  print("note: OPENBLAS_CORETYPE is not set; OpenBLAS may pick slow generic kernels")
+end
+
 local threads = tonumber(arg[1]) or 2
 local steps = tonumber(arg[2]) or 30
 E.set_threads(threads)

@@ -88,27 +88,22 @@ static void box_release(TBox *b) {
 }
 
 /* Lua's collector sees only the small boxes, not the tensor memory behind
- * them; so when the engine's live bytes have grown past a mark, run a full
- * collection and set the next mark half as far again above what is left.
- * Unreachable boxes of the last step are then released in time. */
-static size_t gc_mark = (size_t)256 << 20;
-
-static void gc_pressure(lua_State *L) {
-  eng_memory_stats s;
-  eng_memory_get_stats(&s);
-  if (s.bytes_in_use < gc_mark || !lua_gc(L, LUA_GCISRUNNING)) return;
-  lua_gc(L, LUA_GCCOLLECT);
-  eng_memory_get_stats(&s);
-  size_t step = s.bytes_in_use / 2;
-  if (step < ((size_t)256 << 20)) step = (size_t)256 << 20;
-  gc_mark = s.bytes_in_use + step;
+ * them; so each new result counts as an allocation of its size: a
+ * collector step "as if that many KB had been allocated". Unreachable boxes
+ * (last step's activations) are then released about as fast as new ones
+ * are made, and the pool hands their memory straight back. */
+static void gc_pressure(lua_State *L, eng_tensor *r) {
+  size_t bytes = (size_t)eng_tensor_numel(r) * (eng_tensor_dtype(r) == ENG_DTYPE_F64 ? 8 : 4);
+  if (bytes < 4096 || !lua_gc(L, LUA_GCISRUNNING)) return;
+  size_t kb = bytes >> 10;
+  lua_gc(L, LUA_GCSTEP, kb > INT32_MAX ? INT32_MAX : (int)kb);
 }
 
 /* fill the result box on top of the stack, or raise the engine's error */
 static int finish(lua_State *L, TBox *out, eng_tensor *r) {
   if (!r) return raise_engine(L);
   out->t = r;
-  gc_pressure(L);
+  gc_pressure(L, r);
   return 1;
 }
 
@@ -451,7 +446,6 @@ static int l_tensor(lua_State *L) {
   if (lua_type(L, 1) != LUA_TNUMBER && !lua_istable(L, 1))
     luaL_error(L, "tensor: expected a nested table of numbers, a number or a tensor, got %s", type_name(L, 1));
   push_table_tensor(L, 1, "tensor", dt);
-  gc_pressure(L);
   return 1;
 }
 
@@ -653,7 +647,6 @@ static int l_backward(lua_State *L) {
     luaL_error(L, "backward: grad is %s but the tensor is %s", eng_dtype_name(eng_tensor_dtype(g)),
                eng_dtype_name(eng_tensor_dtype(x)));
   if (eng_backward(x, g)) raise_engine(L);
-  gc_pressure(L);
   return 0;
 }
 
@@ -928,7 +921,6 @@ static int l_max(lua_State *L) {
   box_release(pos);
   pos->t = p1;
   lua_pop(L, 1);
-  gc_pressure(L);
   return 2;
 }
 

@@ -181,6 +181,13 @@ done:
 }
 
 static int accumulate_leaf(eng_tensor *t, eng_tensor *g) {
+  /* a gradient nobody else can see is taken as it is, saving a copy */
+  if (!t->grad && g->refcount == 1 && g->storage->refcount == 1 && g->dtype == t->dtype &&
+      eng_tensor_is_contiguous(g) && g->ndim == t->ndim &&
+      memcmp(g->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim) == 0) {
+    t->grad = eng_tensor_retain(g);
+    return 0;
+  }
   if (!t->grad) {
     eng_tensor *own = tensor_new(t->dtype, t->ndim, t->shape);
     if (!own) return -1;
@@ -253,6 +260,10 @@ int eng_backward(eng_tensor *root, eng_tensor *grad_out) {
         msg[sizeof msg - 1] = 0;
         rc = eng_errorf_status("backward of %s: %s", n->name, msg);
       }
+      /* drop this node's gradient first, so that views of it handed to the
+       * inputs become the sole owners of their storage */
+      eng_tensor_release(n->grad_accum);
+      n->grad_accum = NULL;
       for (int i = 0; i < n->ninputs; i++) {
         eng_tensor *in = n->inputs[i];
         if (!gin[i]) continue;
@@ -275,8 +286,6 @@ int eng_backward(eng_tensor *root, eng_tensor *grad_out) {
         }
         eng_tensor_release(gin[i]);
       }
-      eng_tensor_release(n->grad_accum);
-      n->grad_accum = NULL;
     }
   }
   /* a graph found broken before any backward ran is left as it was */

@@ -77,7 +77,7 @@ BOTH(BIN_KERNEL, k_pow, y == 2 ? x * x : (y == 1 ? x : pow(x, y)))
 BOTH(BIN_KERNEL, k_max, (x > y || x != x) ? x : y)
 BOTH(BIN_KERNEL, k_min, (x < y || x != x) ? x : y)
 /* helpers for backwards: pow's d/da and d/db factors, tie-splitting masks */
-BOTH(BIN_KERNEL, k_pow_da, y == 0 ? (T)0 : y * pow(x, y - 1))
+BOTH(BIN_KERNEL, k_pow_da, y == 0 ? (T)0 : (y == 2 ? 2 * x : (y == 1 ? (T)1 : y * pow(x, y - 1))))
 BOTH(BIN_KERNEL, k_log_pos, x > 0 ? log(x) * y : (T)0) /* log(a) * out, 0 where a <= 0 */
 BOTH(BIN_KERNEL, k_gt_mask, x > y ? (T)1 : (x == y ? (T)0.5 : (T)0))
 BOTH(BIN_KERNEL, k_lt_mask, x < y ? (T)1 : (x == y ? (T)0.5 : (T)0))

@@ -301,7 +301,21 @@ static int matmul_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {
   }
   if (rc == 0 && b->requires_grad) {
     eng_tensor *d = NULL;
-    if (pb->ndim == 2 && pa->ndim > 2) {
+    /* b a transposed view of a contiguous (N,K) matrix (a Linear weight):
+     * compute dbᵀ = gᵀ·a, contiguous in the weight's own layout, and hand
+     * back its transpose view, so the weight's grad needs no strided copy */
+    bool b_transposed = pb->ndim == 2 && pb->shape[0] > 1 && pb->shape[1] > 1 && pb->stride[0] == 1 &&
+                        pb->stride[1] == pb->shape[0];
+    if (b_transposed) {
+      eng_tensor *a2 = view_fold(pa), *g2 = view_fold(pg);
+      eng_tensor *gt = g2 ? eng_transpose(g2, -2, -1) : NULL;
+      eng_tensor *dt = (gt && a2) ? eng_matmul(gt, a2) : NULL;
+      d = dt ? eng_transpose(dt, -2, -1) : NULL;
+      eng_tensor_release(a2);
+      eng_tensor_release(g2);
+      eng_tensor_release(gt);
+      eng_tensor_release(dt);
+    } else if (pb->ndim == 2 && pa->ndim > 2) {
       eng_tensor *a2 = view_fold(pa), *g2 = view_fold(pg);
       eng_tensor *at = a2 ? eng_transpose(a2, -2, -1) : NULL;
       d = (at && g2) ? eng_matmul(at, g2) : NULL;
