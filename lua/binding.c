@@ -28,10 +28,8 @@
  * · reading · autodiff · math · reductions · shape · linear algebra and
  * transformer ops · generators · threads and memory · metatables and
  * luaopen_engine. */
-#include "engine.h"
+#include "binding.h"
 
-#include <lauxlib.h>
-#include <lua.h>
 #include <lualib.h>
 
 #include <math.h>
@@ -43,16 +41,10 @@
 #error "ENGINE_LUA_DIR (the directory holding engine/api.lua) must be defined"
 #endif
 
-#define TENSOR_MT "engine.Tensor"
-#define GENERATOR_MT "engine.Generator"
 
 /* ======================================================================
  * Boxes and errors
  * ====================================================================== */
-
-typedef struct {
-  eng_tensor *t; /* one reference, or NULL once released */
-} TBox;
 
 typedef struct {
   eng_rng *r;
@@ -61,10 +53,10 @@ typedef struct {
 
 /* raise the engine's last error as a Lua error (position of the Lua caller
  * in front, as luaL_error does) */
-static int raise_engine(lua_State *L) { return luaL_error(L, "%s", eng_last_error()); }
+int lb_raise_engine(lua_State *L) { return luaL_error(L, "%s", eng_last_error()); }
 
 /* a type name for messages: "tensor" and "generator" for ours */
-static const char *type_name(lua_State *L, int idx) {
+const char *lb_type_name(lua_State *L, int idx) {
   if (lua_isnone(L, idx)) return "no value";
   if (luaL_testudata(L, idx, TENSOR_MT)) return "tensor";
   if (luaL_testudata(L, idx, GENERATOR_MT)) return "generator";
@@ -72,14 +64,14 @@ static const char *type_name(lua_State *L, int idx) {
 }
 
 /* push an empty tensor box (filled after the engine call succeeds) */
-static TBox *box_new(lua_State *L) {
+TBox *lb_box_new(lua_State *L) {
   TBox *b = lua_newuserdatauv(L, sizeof *b, 0);
   b->t = NULL;
   luaL_setmetatable(L, TENSOR_MT);
   return b;
 }
 
-static void box_release(TBox *b) {
+void lb_box_release(TBox *b) {
   if (b && b->t) {
     eng_tensor *t = b->t;
     b->t = NULL;
@@ -100,33 +92,33 @@ static void gc_pressure(lua_State *L, eng_tensor *r) {
 }
 
 /* fill the result box on top of the stack, or raise the engine's error */
-static int finish(lua_State *L, TBox *out, eng_tensor *r) {
-  if (!r) return raise_engine(L);
+int lb_finish(lua_State *L, TBox *out, eng_tensor *r) {
+  if (!r) return lb_raise_engine(L);
   out->t = r;
   gc_pressure(L, r);
   return 1;
 }
 
-static int is_tensor(lua_State *L, int idx) { return luaL_testudata(L, idx, TENSOR_MT) != NULL; }
+int lb_is_tensor(lua_State *L, int idx) { return luaL_testudata(L, idx, TENSOR_MT) != NULL; }
 
-static eng_tensor *check_tensor_what(lua_State *L, int idx, const char *op, const char *what) {
+eng_tensor *lb_check_tensor_what(lua_State *L, int idx, const char *op, const char *what) {
   TBox *b = luaL_testudata(L, idx, TENSOR_MT);
   if (!b) {
-    if (what) luaL_error(L, "%s: %s must be a tensor, got %s", op, what, type_name(L, idx));
-    luaL_error(L, "%s: expected a tensor, got %s", op, type_name(L, idx));
+    if (what) luaL_error(L, "%s: %s must be a tensor, got %s", op, what, lb_type_name(L, idx));
+    luaL_error(L, "%s: expected a tensor, got %s", op, lb_type_name(L, idx));
   }
   if (!b->t) luaL_error(L, "%s: tensor was released (closed or collected)", op);
   return b->t;
 }
 
-static eng_tensor *check_tensor(lua_State *L, int idx, const char *op) {
-  return check_tensor_what(L, idx, op, NULL);
+eng_tensor *lb_check_tensor(lua_State *L, int idx, const char *op) {
+  return lb_check_tensor_what(L, idx, op, NULL);
 }
 
 /* a tensor, or nil / none for "not given" */
-static eng_tensor *opt_tensor(lua_State *L, int idx, const char *op, const char *what) {
+eng_tensor *lb_opt_tensor(lua_State *L, int idx, const char *op, const char *what) {
   if (lua_isnoneornil(L, idx)) return NULL;
-  return check_tensor_what(L, idx, op, what);
+  return lb_check_tensor_what(L, idx, op, what);
 }
 
 static const char *shape_of(eng_tensor *t, char *buf, size_t len) { return eng_shape_str(t, buf, len); }
@@ -135,40 +127,40 @@ static const char *shape_of(eng_tensor *t, char *buf, size_t len) { return eng_s
  * Argument readers
  * ====================================================================== */
 
-static lua_Number check_num(lua_State *L, int idx, const char *op, const char *what) {
+lua_Number lb_check_num(lua_State *L, int idx, const char *op, const char *what) {
   if (lua_type(L, idx) != LUA_TNUMBER)
-    luaL_error(L, "%s: %s must be a number, got %s", op, what, type_name(L, idx));
+    luaL_error(L, "%s: %s must be a number, got %s", op, what, lb_type_name(L, idx));
   return lua_tonumber(L, idx);
 }
 
-static lua_Number opt_num(lua_State *L, int idx, const char *op, const char *what, lua_Number def) {
-  return lua_isnoneornil(L, idx) ? def : check_num(L, idx, op, what);
+lua_Number lb_opt_num(lua_State *L, int idx, const char *op, const char *what, lua_Number def) {
+  return lua_isnoneornil(L, idx) ? def : lb_check_num(L, idx, op, what);
 }
 
-static lua_Integer check_int(lua_State *L, int idx, const char *op, const char *what) {
+lua_Integer lb_check_int(lua_State *L, int idx, const char *op, const char *what) {
   int ok = 0;
   lua_Integer v = 0;
   if (lua_type(L, idx) == LUA_TNUMBER) v = lua_tointegerx(L, idx, &ok);
   if (!ok) {
     if (lua_type(L, idx) == LUA_TNUMBER)
       luaL_error(L, "%s: %s must be an integer, got %f", op, what, lua_tonumber(L, idx));
-    luaL_error(L, "%s: %s must be an integer, got %s", op, what, type_name(L, idx));
+    luaL_error(L, "%s: %s must be an integer, got %s", op, what, lb_type_name(L, idx));
   }
   return v;
 }
 
-static int opt_bool(lua_State *L, int idx, const char *op, const char *what, int def) {
+int lb_opt_bool(lua_State *L, int idx, const char *op, const char *what, int def) {
   if (lua_isnoneornil(L, idx)) return def;
   if (!lua_isboolean(L, idx))
-    luaL_error(L, "%s: %s must be a boolean, got %s", op, what, type_name(L, idx));
+    luaL_error(L, "%s: %s must be a boolean, got %s", op, what, lb_type_name(L, idx));
   return lua_toboolean(L, idx);
 }
 
 /* "float32" / "float64" (also "float" / "double"); nil gives def */
-static eng_dtype opt_dtype(lua_State *L, int idx, const char *op, eng_dtype def) {
+eng_dtype lb_opt_dtype(lua_State *L, int idx, const char *op, eng_dtype def) {
   if (lua_isnoneornil(L, idx)) return def;
   if (lua_type(L, idx) != LUA_TSTRING)
-    luaL_error(L, "%s: dtype must be a string (\"float32\" or \"float64\"), got %s", op, type_name(L, idx));
+    luaL_error(L, "%s: dtype must be a string (\"float32\" or \"float64\"), got %s", op, lb_type_name(L, idx));
   const char *s = lua_tostring(L, idx);
   if (!strcmp(s, "float32") || !strcmp(s, "float")) return ENG_DTYPE_F32;
   if (!strcmp(s, "float64") || !strcmp(s, "double")) return ENG_DTYPE_F64;
@@ -177,10 +169,10 @@ static eng_dtype opt_dtype(lua_State *L, int idx, const char *op, eng_dtype def)
 }
 
 /* an options table: nil / none, or a table whose keys are all in `known` */
-static int check_opts(lua_State *L, int idx, const char *op, const char *const *known) {
+int lb_check_opts(lua_State *L, int idx, const char *op, const char *const *known) {
   if (lua_isnoneornil(L, idx)) return 0;
   if (!lua_istable(L, idx))
-    luaL_error(L, "%s: options must be a table, got %s", op, type_name(L, idx));
+    luaL_error(L, "%s: options must be a table, got %s", op, lb_type_name(L, idx));
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -204,7 +196,7 @@ static int check_opts(lua_State *L, int idx, const char *op, const char *const *
 }
 
 /* push opts[key] (nil when there are no opts) and return its absolute index */
-static int opt_field(lua_State *L, int opts_idx, const char *key) {
+int lb_opt_field(lua_State *L, int opts_idx, const char *key) {
   if (lua_istable(L, opts_idx))
     lua_getfield(L, opts_idx, key);
   else
@@ -214,13 +206,13 @@ static int opt_field(lua_State *L, int opts_idx, const char *key) {
 
 /* A shape: a table of sizes, or (when allow_varargs) the integers from idx
  * to the top of the stack. -1 entries allowed when allow_infer. */
-static int read_shape(lua_State *L, int idx, const char *op, int64_t *shape, int allow_infer,
+int lb_read_shape(lua_State *L, int idx, const char *op, int64_t *shape, int allow_infer,
                       int allow_varargs) {
   if (allow_varargs && lua_type(L, idx) == LUA_TNUMBER) {
     int top = lua_gettop(L), n = top - idx + 1;
     if (n > ENG_MAX_DIMS) luaL_error(L, "%s: shape has %d dims; at most %d are supported", op, n, ENG_MAX_DIMS);
     for (int i = 0; i < n; i++) {
-      lua_Integer v = check_int(L, idx + i, op, "a size");
+      lua_Integer v = lb_check_int(L, idx + i, op, "a size");
       if (v < 0 && !(allow_infer && v == -1))
         luaL_error(L, "%s: size %I at position %d is negative", op, v, i + 1);
       shape[i] = v;
@@ -228,7 +220,7 @@ static int read_shape(lua_State *L, int idx, const char *op, int64_t *shape, int
     return n;
   }
   if (!lua_istable(L, idx))
-    luaL_error(L, "%s: shape must be a table of sizes such as {2, 3}, got %s", op, type_name(L, idx));
+    luaL_error(L, "%s: shape must be a table of sizes such as {2, 3}, got %s", op, lb_type_name(L, idx));
   lua_Unsigned n = lua_rawlen(L, idx);
   if (n > ENG_MAX_DIMS)
     luaL_error(L, "%s: shape has %d dims; at most %d are supported", op, (int)n, ENG_MAX_DIMS);
@@ -258,13 +250,13 @@ static int dim_value(lua_State *L, lua_Integer d, const char *op, eng_tensor *x)
   return 0;
 }
 
-static int check_dim(lua_State *L, int idx, const char *op, eng_tensor *x) {
-  return dim_value(L, check_int(L, idx, op, "dim"), op, x);
+int lb_check_dim(lua_State *L, int idx, const char *op, eng_tensor *x) {
+  return dim_value(L, lb_check_int(L, idx, op, "dim"), op, x);
 }
 
 /* nil -> ENG_ALL_DIMS */
 static int opt_dim_all(lua_State *L, int idx, const char *op, eng_tensor *x) {
-  return lua_isnoneornil(L, idx) ? ENG_ALL_DIMS : check_dim(L, idx, op, x);
+  return lua_isnoneornil(L, idx) ? ENG_ALL_DIMS : lb_check_dim(L, idx, op, x);
 }
 
 /* ======================================================================
@@ -289,7 +281,7 @@ static const char *a_type(lua_State *L, int idx) {
     case LUA_TSTRING: return "a string";
     case LUA_TTABLE: return "a table";
     case LUA_TFUNCTION: return "a function";
-    default: return is_tensor(L, idx) ? "a tensor" : "a userdata";
+    default: return lb_is_tensor(L, idx) ? "a tensor" : "a userdata";
   }
 }
 
@@ -329,7 +321,7 @@ static void fill_nested(lua_State *L, int idx, const char *op, int depth, int nd
 
 /* Push a box holding a new tensor made from the number or nested table at
  * idx. The shape comes from the first entries; fill_nested checks the rest. */
-static TBox *push_table_tensor(lua_State *L, int idx, const char *op, eng_dtype dt) {
+TBox *lb_push_table_tensor(lua_State *L, int idx, const char *op, eng_dtype dt) {
   idx = lua_absindex(L, idx);
   int64_t shape[ENG_MAX_DIMS];
   int ndim = 0;
@@ -351,25 +343,25 @@ static TBox *push_table_tensor(lua_State *L, int idx, const char *op, eng_dtype 
   double *vals = lua_newuserdatauv(L, sizeof(double) * (size_t)(numel ? numel : 1), 0);
   int64_t pos = 0, path[ENG_MAX_DIMS] = {0};
   fill_nested(L, idx, op, 0, ndim, shape, vals, &pos, path);
-  TBox *b = box_new(L);
+  TBox *b = lb_box_new(L);
   b->t = eng_from_doubles(dt, ndim, shape, vals);
-  if (!b->t) raise_engine(L);
+  if (!b->t) lb_raise_engine(L);
   lua_remove(L, -2); /* the value buffer */
   return b;
 }
 
 /* A tensor argument that may also be a nested table of numbers (converted
  * in dt). A converted one is boxed in *temp; release it after the call. */
-static eng_tensor *tensor_or_table(lua_State *L, int idx, const char *op, const char *what, eng_dtype dt,
+eng_tensor *lb_tensor_or_table(lua_State *L, int idx, const char *op, const char *what, eng_dtype dt,
                                    TBox **temp) {
   *temp = NULL;
   if (lua_istable(L, idx)) {
-    *temp = push_table_tensor(L, idx, op, dt);
+    *temp = lb_push_table_tensor(L, idx, op, dt);
     return (*temp)->t;
   }
-  if (!is_tensor(L, idx))
-    luaL_error(L, "%s: %s must be a tensor or a nested table of numbers, got %s", op, what, type_name(L, idx));
-  return check_tensor_what(L, idx, op, what);
+  if (!lb_is_tensor(L, idx))
+    luaL_error(L, "%s: %s must be a tensor or a nested table of numbers, got %s", op, what, lb_type_name(L, idx));
+  return lb_check_tensor_what(L, idx, op, what);
 }
 
 static void push_nested(lua_State *L, eng_tensor *t, int d, int64_t base) {
@@ -431,21 +423,21 @@ static void add_nested(luaL_Buffer *B, eng_tensor *t, int d, int64_t base, int s
 /* E.tensor(nested_table_or_number_or_tensor [, dtype]) -> a new leaf */
 static int l_tensor(lua_State *L) {
   lua_settop(L, 2);
-  eng_dtype dt = opt_dtype(L, 2, "tensor", ENG_DTYPE_F32);
-  if (is_tensor(L, 1)) { /* a copy, cut from the graph */
-    eng_tensor *src = check_tensor(L, 1, "tensor");
-    TBox *out = box_new(L);
+  eng_dtype dt = lb_opt_dtype(L, 2, "tensor", ENG_DTYPE_F32);
+  if (lb_is_tensor(L, 1)) { /* a copy, cut from the graph */
+    eng_tensor *src = lb_check_tensor(L, 1, "tensor");
+    TBox *out = lb_box_new(L);
     eng_tensor *r = eng_empty(lua_isnoneornil(L, 2) ? eng_tensor_dtype(src) : dt, eng_tensor_ndim(src),
                               eng_tensor_shape(src));
     if (r && eng_copy_(r, src)) {
       eng_tensor_release(r);
       r = NULL;
     }
-    return finish(L, out, r);
+    return lb_finish(L, out, r);
   }
   if (lua_type(L, 1) != LUA_TNUMBER && !lua_istable(L, 1))
-    luaL_error(L, "tensor: expected a nested table of numbers, a number or a tensor, got %s", type_name(L, 1));
-  push_table_tensor(L, 1, "tensor", dt);
+    luaL_error(L, "tensor: expected a nested table of numbers, a number or a tensor, got %s", lb_type_name(L, 1));
+  lb_push_table_tensor(L, 1, "tensor", dt);
   return 1;
 }
 
@@ -453,11 +445,11 @@ static int l_tensor(lua_State *L) {
 static int fill_op(lua_State *L, const char *op, int have_value, double v) {
   lua_settop(L, 3);
   int64_t shape[ENG_MAX_DIMS];
-  int nd = read_shape(L, 1, op, shape, 0, 0);
-  if (have_value) v = check_num(L, 2, op, "value");
-  eng_dtype dt = opt_dtype(L, have_value ? 3 : 2, op, ENG_DTYPE_F32);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_full(dt, nd, shape, v));
+  int nd = lb_read_shape(L, 1, op, shape, 0, 0);
+  if (have_value) v = lb_check_num(L, 2, op, "value");
+  eng_dtype dt = lb_opt_dtype(L, have_value ? 3 : 2, op, ENG_DTYPE_F32);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_full(dt, nd, shape, v));
 }
 static int l_zeros(lua_State *L) { return fill_op(L, "zeros", 0, 0.0); }
 static int l_ones(lua_State *L) { return fill_op(L, "ones", 0, 1.0); }
@@ -472,19 +464,19 @@ static eng_rng *rng_arg(lua_State *L, int idx, const char *op) {
   if (lua_isnoneornil(L, idx)) return eng_default_rng();
   if (luaL_testudata(L, idx, GENERATOR_MT)) return check_gen(L, idx, op)->r;
   if (!lua_istable(L, idx))
-    luaL_error(L, "%s: expected a generator or an options table, got %s", op, type_name(L, idx));
-  int g = opt_field(L, idx, "generator");
-  int s = opt_field(L, idx, "seed");
+    luaL_error(L, "%s: expected a generator or an options table, got %s", op, lb_type_name(L, idx));
+  int g = lb_opt_field(L, idx, "generator");
+  int s = lb_opt_field(L, idx, "seed");
   if (!lua_isnil(L, g) && !lua_isnil(L, s)) luaL_error(L, "%s: give either seed or generator, not both", op);
   if (!lua_isnil(L, g)) return check_gen(L, g, op)->r;
   if (lua_isnil(L, s)) return eng_default_rng();
-  lua_Integer seed = check_int(L, s, op, "seed");
+  lua_Integer seed = lb_check_int(L, s, op, "seed");
   GBox *tmp = lua_newuserdatauv(L, sizeof *tmp, 0);
   tmp->r = NULL;
   tmp->owned = 1;
   luaL_setmetatable(L, GENERATOR_MT);
   tmp->r = eng_rng_new((uint64_t)seed);
-  if (!tmp->r) raise_engine(L);
+  if (!tmp->r) lb_raise_engine(L);
   return tmp->r;
 }
 
@@ -492,25 +484,25 @@ static int random_op(lua_State *L, const char *op, int normal) {
   lua_settop(L, 2);
   static const char *const known[] = {"seed", "dtype", "generator", NULL};
   int64_t shape[ENG_MAX_DIMS];
-  int nd = read_shape(L, 1, op, shape, 0, 0);
+  int nd = lb_read_shape(L, 1, op, shape, 0, 0);
   eng_dtype dt = ENG_DTYPE_F32;
   if (lua_istable(L, 2)) {
-    check_opts(L, 2, op, known);
-    dt = opt_dtype(L, opt_field(L, 2, "dtype"), op, ENG_DTYPE_F32);
+    lb_check_opts(L, 2, op, known);
+    dt = lb_opt_dtype(L, lb_opt_field(L, 2, "dtype"), op, ENG_DTYPE_F32);
   }
   eng_rng *rng = rng_arg(L, 2, op);
-  TBox *out = box_new(L);
-  return finish(L, out, normal ? eng_randn(rng, dt, nd, shape) : eng_rand(rng, dt, nd, shape));
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, normal ? eng_randn(rng, dt, nd, shape) : eng_rand(rng, dt, nd, shape));
 }
 static int l_randn(lua_State *L) { return random_op(L, "randn", 1); }
 static int l_rand(lua_State *L) { return random_op(L, "rand", 0); }
 
 static int l_arange(lua_State *L) {
   lua_settop(L, 2);
-  lua_Integer n = check_int(L, 1, "arange", "n");
-  eng_dtype dt = opt_dtype(L, 2, "arange", ENG_DTYPE_F32);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_arange(dt, n));
+  lua_Integer n = lb_check_int(L, 1, "arange", "n");
+  eng_dtype dt = lb_opt_dtype(L, 2, "arange", ENG_DTYPE_F32);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_arange(dt, n));
 }
 
 /* ======================================================================
@@ -518,7 +510,7 @@ static int l_arange(lua_State *L) {
  * ====================================================================== */
 
 static int l_shape(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "shape");
+  eng_tensor *x = lb_check_tensor(L, 1, "shape");
   int nd = eng_tensor_ndim(x);
   const int64_t *s = eng_tensor_shape(x);
   lua_createtable(L, nd, 0);
@@ -531,24 +523,24 @@ static int l_shape(lua_State *L) {
 
 /* x:size(dim) -> the size of one dim */
 static int l_size(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "size");
-  int d = check_dim(L, 2, "size", x);
+  eng_tensor *x = lb_check_tensor(L, 1, "size");
+  int d = lb_check_dim(L, 2, "size", x);
   lua_pushinteger(L, eng_tensor_shape(x)[d]);
   return 1;
 }
 
 static int l_dim(lua_State *L) {
-  lua_pushinteger(L, eng_tensor_ndim(check_tensor(L, 1, "dim")));
+  lua_pushinteger(L, eng_tensor_ndim(lb_check_tensor(L, 1, "dim")));
   return 1;
 }
 
 static int l_numel(lua_State *L) {
-  lua_pushinteger(L, eng_tensor_numel(check_tensor(L, 1, "numel")));
+  lua_pushinteger(L, eng_tensor_numel(lb_check_tensor(L, 1, "numel")));
   return 1;
 }
 
 static int l_item(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "item");
+  eng_tensor *x = lb_check_tensor(L, 1, "item");
   int64_t n = eng_tensor_numel(x);
   if (n != 1) {
     char buf[128];
@@ -561,22 +553,22 @@ static int l_item(lua_State *L) {
 
 /* nested tables of numbers; a 0-dim tensor gives a number */
 static int l_totable(lua_State *L) {
-  push_nested(L, check_tensor(L, 1, "totable"), 0, 0);
+  push_nested(L, lb_check_tensor(L, 1, "totable"), 0, 0);
   return 1;
 }
 
 static int l_dtype(lua_State *L) {
-  lua_pushstring(L, eng_dtype_name(eng_tensor_dtype(check_tensor(L, 1, "dtype"))));
+  lua_pushstring(L, eng_dtype_name(eng_tensor_dtype(lb_check_tensor(L, 1, "dtype"))));
   return 1;
 }
 
 static int l_is_contiguous(lua_State *L) {
-  lua_pushboolean(L, eng_tensor_is_contiguous(check_tensor(L, 1, "is_contiguous")));
+  lua_pushboolean(L, eng_tensor_is_contiguous(lb_check_tensor(L, 1, "is_contiguous")));
   return 1;
 }
 
 static int l_is_tensor(lua_State *L) {
-  lua_pushboolean(L, is_tensor(L, 1));
+  lua_pushboolean(L, lb_is_tensor(L, 1));
   return 1;
 }
 
@@ -610,7 +602,7 @@ static int l_tostring(lua_State *L) {
 
 /* #x: the size of the first dim */
 static int l_len(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "len");
+  eng_tensor *x = lb_check_tensor(L, 1, "len");
   if (eng_tensor_ndim(x) == 0) luaL_error(L, "len: a 0-dim tensor has no length");
   lua_pushinteger(L, eng_tensor_shape(x)[0]);
   return 1;
@@ -618,7 +610,7 @@ static int l_len(lua_State *L) {
 
 /* __gc, __close and x:release(): drop the box's reference (idempotent) */
 static int l_release(lua_State *L) {
-  box_release(luaL_checkudata(L, 1, TENSOR_MT));
+  lb_box_release(luaL_checkudata(L, 1, TENSOR_MT));
   return 0;
 }
 
@@ -629,41 +621,41 @@ static int l_release(lua_State *L) {
 /* x:requires_grad(true|false) sets the flag (leaves only) and returns x;
  * x:requires_grad() returns the flag */
 static int l_requires_grad(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "requires_grad");
+  eng_tensor *x = lb_check_tensor(L, 1, "requires_grad");
   if (lua_isnone(L, 2)) {
     lua_pushboolean(L, eng_requires_grad(x));
     return 1;
   }
-  if (!lua_isboolean(L, 2)) luaL_error(L, "requires_grad: expected true or false, got %s", type_name(L, 2));
-  if (eng_set_requires_grad(x, lua_toboolean(L, 2))) raise_engine(L);
+  if (!lua_isboolean(L, 2)) luaL_error(L, "requires_grad: expected true or false, got %s", lb_type_name(L, 2));
+  if (eng_set_requires_grad(x, lua_toboolean(L, 2))) lb_raise_engine(L);
   lua_settop(L, 1);
   return 1;
 }
 
 static int l_backward(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "backward");
-  eng_tensor *g = opt_tensor(L, 2, "backward", "grad");
+  eng_tensor *x = lb_check_tensor(L, 1, "backward");
+  eng_tensor *g = lb_opt_tensor(L, 2, "backward", "grad");
   if (g && eng_tensor_dtype(g) != eng_tensor_dtype(x))
     luaL_error(L, "backward: grad is %s but the tensor is %s", eng_dtype_name(eng_tensor_dtype(g)),
                eng_dtype_name(eng_tensor_dtype(x)));
-  if (eng_backward(x, g)) raise_engine(L);
+  if (eng_backward(x, g)) lb_raise_engine(L);
   return 0;
 }
 
 static int l_detach(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "detach");
-  TBox *out = box_new(L);
-  return finish(L, out, eng_detach(x));
+  eng_tensor *x = lb_check_tensor(L, 1, "detach");
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_detach(x));
 }
 
 static int l_is_leaf(lua_State *L) {
-  lua_pushboolean(L, eng_is_leaf(check_tensor(L, 1, "is_leaf")));
+  lua_pushboolean(L, eng_is_leaf(lb_check_tensor(L, 1, "is_leaf")));
   return 1;
 }
 
 /* the name of the op that made x ("leaf" for leaves) */
 static int l_grad_fn(lua_State *L) {
-  lua_pushstring(L, eng_grad_fn_name(check_tensor(L, 1, "grad_fn")));
+  lua_pushstring(L, eng_grad_fn_name(lb_check_tensor(L, 1, "grad_fn")));
   return 1;
 }
 
@@ -674,7 +666,7 @@ static int l_grad_enabled(lua_State *L) {
 
 /* E.set_grad_enabled(on) -> the previous setting */
 static int l_set_grad_enabled(lua_State *L) {
-  if (!lua_isboolean(L, 1)) luaL_error(L, "set_grad_enabled: expected true or false, got %s", type_name(L, 1));
+  if (!lua_isboolean(L, 1)) luaL_error(L, "set_grad_enabled: expected true or false, got %s", lb_type_name(L, 1));
   lua_pushboolean(L, eng_set_grad_enabled(lua_toboolean(L, 1)));
   return 1;
 }
@@ -686,14 +678,14 @@ static void push_grad(lua_State *L, eng_tensor *x) {
     lua_pushnil(L);
     return;
   }
-  TBox *b = box_new(L);
+  TBox *b = lb_box_new(L);
   b->t = eng_tensor_retain(g);
 }
 
 /* x.grad = g (same shape and dtype) or nil */
 static void set_grad(lua_State *L, eng_tensor *x, int vidx) {
-  eng_tensor *g = lua_isnil(L, vidx) ? NULL : check_tensor_what(L, vidx, "grad", "the new grad");
-  if (eng_set_grad(x, g)) raise_engine(L);
+  eng_tensor *g = lua_isnil(L, vidx) ? NULL : lb_check_tensor_what(L, vidx, "grad", "the new grad");
+  if (eng_set_grad(x, g)) lb_raise_engine(L);
 }
 
 /* ======================================================================
@@ -704,9 +696,9 @@ typedef eng_tensor *(*unary_fn)(eng_tensor *);
 typedef eng_tensor *(*binary_fn)(eng_tensor *, eng_tensor *);
 
 static int unary_op(lua_State *L, const char *op, unary_fn fn) {
-  eng_tensor *x = check_tensor(L, 1, op);
-  TBox *out = box_new(L);
-  return finish(L, out, fn(x));
+  eng_tensor *x = lb_check_tensor(L, 1, op);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, fn(x));
 }
 
 #define UNARY(NAME)                                                            \
@@ -730,19 +722,19 @@ static int l_unm(lua_State *L) {
 }
 
 static void check_operand(lua_State *L, int idx, const char *op) {
-  if (!is_tensor(L, idx) && lua_type(L, idx) != LUA_TNUMBER)
-    luaL_error(L, "%s: expected a tensor or a number, got %s", op, type_name(L, idx));
+  if (!lb_is_tensor(L, idx) && lua_type(L, idx) != LUA_TNUMBER)
+    luaL_error(L, "%s: expected a tensor or a number, got %s", op, lb_type_name(L, idx));
 }
 
 /* the operand at idx as a tensor: itself, or a boxed 0-dim tensor in
  * like's dtype for a Lua number */
 static eng_tensor *operand(lua_State *L, int idx, const char *op, eng_tensor *like, TBox **temp) {
   *temp = NULL;
-  if (is_tensor(L, idx)) return check_tensor(L, idx, op);
+  if (lb_is_tensor(L, idx)) return lb_check_tensor(L, idx, op);
   lua_Number v = lua_tonumber(L, idx);
-  *temp = box_new(L);
+  *temp = lb_box_new(L);
   (*temp)->t = eng_scalar_like(like, v);
-  if (!(*temp)->t) raise_engine(L);
+  if (!(*temp)->t) lb_raise_engine(L);
   return (*temp)->t;
 }
 
@@ -751,16 +743,16 @@ static int binary_op(lua_State *L, const char *op, binary_fn fn) {
   lua_settop(L, 2);
   check_operand(L, 1, op);
   check_operand(L, 2, op);
-  if (!is_tensor(L, 1) && !is_tensor(L, 2)) luaL_error(L, "%s: expected at least one tensor, got two numbers", op);
-  eng_tensor *like = check_tensor(L, is_tensor(L, 1) ? 1 : 2, op);
+  if (!lb_is_tensor(L, 1) && !lb_is_tensor(L, 2)) luaL_error(L, "%s: expected at least one tensor, got two numbers", op);
+  eng_tensor *like = lb_check_tensor(L, lb_is_tensor(L, 1) ? 1 : 2, op);
   TBox *ta, *tb;
   eng_tensor *a = operand(L, 1, op, like, &ta);
   eng_tensor *b = operand(L, 2, op, like, &tb);
-  TBox *out = box_new(L);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = fn(a, b);
-  box_release(ta);
-  box_release(tb);
-  return finish(L, out, r);
+  lb_box_release(ta);
+  lb_box_release(tb);
+  return lb_finish(L, out, r);
 }
 
 #define BINARY(NAME)                                                           \
@@ -776,11 +768,11 @@ BINARY(minimum)
 /* E.clamp(x, lo, hi); nil for no bound */
 static int l_clamp(lua_State *L) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, "clamp");
-  double lo = opt_num(L, 2, "clamp", "lo", -INFINITY);
-  double hi = opt_num(L, 3, "clamp", "hi", INFINITY);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_clamp(x, lo, hi));
+  eng_tensor *x = lb_check_tensor(L, 1, "clamp");
+  double lo = lb_opt_num(L, 2, "clamp", "lo", -INFINITY);
+  double hi = lb_opt_num(L, 3, "clamp", "hi", INFINITY);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_clamp(x, lo, hi));
 }
 
 /* E.where(cond, a, b): a and b tensors or numbers; cond a tensor or table */
@@ -789,55 +781,55 @@ static int l_where(lua_State *L) {
   const char *op = "where";
   check_operand(L, 2, op);
   check_operand(L, 3, op);
-  int li = is_tensor(L, 2) ? 2 : is_tensor(L, 3) ? 3 : 0;
-  eng_tensor *like = li ? check_tensor(L, li, op) : NULL;
+  int li = lb_is_tensor(L, 2) ? 2 : lb_is_tensor(L, 3) ? 3 : 0;
+  eng_tensor *like = li ? lb_check_tensor(L, li, op) : NULL;
   TBox *tc, *ta, *tb;
-  eng_tensor *c = tensor_or_table(L, 1, op, "cond", like ? eng_tensor_dtype(like) : ENG_DTYPE_F32, &tc);
+  eng_tensor *c = lb_tensor_or_table(L, 1, op, "cond", like ? eng_tensor_dtype(like) : ENG_DTYPE_F32, &tc);
   if (!like) like = c;
   eng_tensor *a = operand(L, 2, op, like, &ta);
   eng_tensor *b = operand(L, 3, op, like, &tb);
-  TBox *out = box_new(L);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = eng_where(c, a, b);
-  box_release(tc);
-  box_release(ta);
-  box_release(tb);
-  return finish(L, out, r);
+  lb_box_release(tc);
+  lb_box_release(ta);
+  lb_box_release(tb);
+  return lb_finish(L, out, r);
 }
 
 /* x:to(dtype), x:double(), x:float(): differentiable dtype conversion */
 static int to_dtype(lua_State *L, eng_dtype dt) {
-  eng_tensor *x = check_tensor(L, 1, "to");
-  TBox *out = box_new(L);
-  return finish(L, out, eng_to_dtype(x, dt));
+  eng_tensor *x = lb_check_tensor(L, 1, "to");
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_to_dtype(x, dt));
 }
 static int l_to(lua_State *L) {
-  check_tensor(L, 1, "to");
-  if (lua_isnoneornil(L, 2)) luaL_error(L, "to: expected a dtype (\"float32\" or \"float64\"), got %s", type_name(L, 2));
-  return to_dtype(L, opt_dtype(L, 2, "to", ENG_DTYPE_F32));
+  lb_check_tensor(L, 1, "to");
+  if (lua_isnoneornil(L, 2)) luaL_error(L, "to: expected a dtype (\"float32\" or \"float64\"), got %s", lb_type_name(L, 2));
+  return to_dtype(L, lb_opt_dtype(L, 2, "to", ENG_DTYPE_F32));
 }
 static int l_double(lua_State *L) { return to_dtype(L, ENG_DTYPE_F64); }
 static int l_float(lua_State *L) { return to_dtype(L, ENG_DTYPE_F32); }
 
 /* in place, outside autodiff; each returns x */
 static int l_fill_(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "fill_");
-  if (eng_fill_(x, check_num(L, 2, "fill_", "value"))) raise_engine(L);
+  eng_tensor *x = lb_check_tensor(L, 1, "fill_");
+  if (eng_fill_(x, lb_check_num(L, 2, "fill_", "value"))) lb_raise_engine(L);
   lua_settop(L, 1);
   return 1;
 }
 static int l_zero_(lua_State *L) {
-  if (eng_fill_(check_tensor(L, 1, "zero_"), 0.0)) raise_engine(L);
+  if (eng_fill_(lb_check_tensor(L, 1, "zero_"), 0.0)) lb_raise_engine(L);
   lua_settop(L, 1);
   return 1;
 }
 static int l_copy_(lua_State *L) {
   lua_settop(L, 2);
-  eng_tensor *x = check_tensor(L, 1, "copy_");
+  eng_tensor *x = lb_check_tensor(L, 1, "copy_");
   TBox *tmp;
-  eng_tensor *src = tensor_or_table(L, 2, "copy_", "source", eng_tensor_dtype(x), &tmp);
+  eng_tensor *src = lb_tensor_or_table(L, 2, "copy_", "source", eng_tensor_dtype(x), &tmp);
   int rc = eng_copy_(x, src);
-  box_release(tmp);
-  if (rc) raise_engine(L);
+  lb_box_release(tmp);
+  if (rc) lb_raise_engine(L);
   lua_settop(L, 1);
   return 1;
 }
@@ -846,20 +838,20 @@ static int l_copy_(lua_State *L) {
  * (optimizer updates) */
 static int l_add_(lua_State *L) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, "add_");
+  eng_tensor *x = lb_check_tensor(L, 1, "add_");
   TBox *tmp;
-  eng_tensor *src = tensor_or_table(L, 2, "add_", "other", eng_tensor_dtype(x), &tmp);
+  eng_tensor *src = lb_tensor_or_table(L, 2, "add_", "other", eng_tensor_dtype(x), &tmp);
   double alpha = luaL_optnumber(L, 3, 1.0);
   int rc = eng_axpby_(x, alpha, src, 1.0);
-  box_release(tmp);
-  if (rc) raise_engine(L);
+  lb_box_release(tmp);
+  if (rc) lb_raise_engine(L);
   lua_settop(L, 1);
   return 1;
 }
 
 /* x:zero_grad(): drop x's gradient (the next backward makes a fresh one) */
 static int l_zero_grad(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "zero_grad");
+  eng_tensor *x = lb_check_tensor(L, 1, "zero_grad");
   eng_set_grad(x, NULL);
   lua_settop(L, 1);
   return 1;
@@ -882,11 +874,11 @@ typedef eng_tensor *(*reduce_fn)(eng_tensor *, int, bool);
 /* x:sum(dim?, keepdim?) and friends; no dim reduces everything */
 static int reduce_op(lua_State *L, const char *op, reduce_fn fn) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, op);
+  eng_tensor *x = lb_check_tensor(L, 1, op);
   int dim = opt_dim_all(L, 2, op, x);
-  int keep = opt_bool(L, 3, op, "keepdim", 0);
-  TBox *out = box_new(L);
-  return finish(L, out, fn(x, dim, keep));
+  int keep = lb_opt_bool(L, 3, op, "keepdim", 0);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, fn(x, dim, keep));
 }
 static int l_sum(lua_State *L) { return reduce_op(L, "sum", eng_sum); }
 static int l_mean(lua_State *L) { return reduce_op(L, "mean", eng_mean); }
@@ -896,29 +888,29 @@ static int l_logsumexp(lua_State *L) { return reduce_op(L, "logsumexp", eng_logs
  * positions */
 static int l_max(lua_State *L) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, "max");
+  eng_tensor *x = lb_check_tensor(L, 1, "max");
   if (lua_isnoneornil(L, 2)) {
-    int keep = opt_bool(L, 3, "max", "keepdim", 0);
-    TBox *out = box_new(L);
-    return finish(L, out, eng_max(x, ENG_ALL_DIMS, keep, NULL));
+    int keep = lb_opt_bool(L, 3, "max", "keepdim", 0);
+    TBox *out = lb_box_new(L);
+    return lb_finish(L, out, eng_max(x, ENG_ALL_DIMS, keep, NULL));
   }
-  int dim = check_dim(L, 2, "max", x);
-  int keep = opt_bool(L, 3, "max", "keepdim", 0);
-  TBox *vals = box_new(L);
-  TBox *pos = box_new(L);
-  TBox *one = box_new(L);
+  int dim = lb_check_dim(L, 2, "max", x);
+  int keep = lb_opt_bool(L, 3, "max", "keepdim", 0);
+  TBox *vals = lb_box_new(L);
+  TBox *pos = lb_box_new(L);
+  TBox *one = lb_box_new(L);
   eng_tensor *idx = NULL;
   vals->t = eng_max(x, dim, keep, &idx);
-  if (!vals->t) return raise_engine(L);
+  if (!vals->t) return lb_raise_engine(L);
   pos->t = idx; /* 0-based for now; boxed so an error below frees it */
   one->t = eng_scalar_like(idx, 1.0);
-  if (!one->t) return raise_engine(L);
+  if (!one->t) return lb_raise_engine(L);
   bool prev = eng_set_grad_enabled(false);
   eng_tensor *p1 = eng_add(idx, one->t);
   eng_set_grad_enabled(prev);
-  if (!p1) return raise_engine(L);
-  box_release(one);
-  box_release(pos);
+  if (!p1) return lb_raise_engine(L);
+  lb_box_release(one);
+  lb_box_release(pos);
   pos->t = p1;
   lua_pop(L, 1);
   return 2;
@@ -929,10 +921,10 @@ typedef eng_tensor *(*dim_fn)(eng_tensor *, int);
 /* E.softmax(x, dim): dim defaults to the last */
 static int softmax_op(lua_State *L, const char *op, dim_fn fn) {
   lua_settop(L, 2);
-  eng_tensor *x = check_tensor(L, 1, op);
-  int dim = lua_isnoneornil(L, 2) ? dim_value(L, -1, op, x) : check_dim(L, 2, op, x);
-  TBox *out = box_new(L);
-  return finish(L, out, fn(x, dim));
+  eng_tensor *x = lb_check_tensor(L, 1, op);
+  int dim = lua_isnoneornil(L, 2) ? dim_value(L, -1, op, x) : lb_check_dim(L, 2, op, x);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, fn(x, dim));
 }
 static int l_softmax(lua_State *L) { return softmax_op(L, "softmax", eng_softmax); }
 static int l_log_softmax(lua_State *L) { return softmax_op(L, "log_softmax", eng_log_softmax); }
@@ -943,33 +935,33 @@ static int l_log_softmax(lua_State *L) { return softmax_op(L, "log_softmax", eng
 
 /* x:reshape({2, 3}) or x:reshape(2, 3); one size may be -1 */
 static int l_reshape(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "reshape");
+  eng_tensor *x = lb_check_tensor(L, 1, "reshape");
   int64_t shape[ENG_MAX_DIMS];
-  int nd = read_shape(L, 2, "reshape", shape, 1, 1);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_reshape(x, nd, shape));
+  int nd = lb_read_shape(L, 2, "reshape", shape, 1, 1);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_reshape(x, nd, shape));
 }
 
 static int l_expand(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "expand");
+  eng_tensor *x = lb_check_tensor(L, 1, "expand");
   int64_t shape[ENG_MAX_DIMS];
-  int nd = read_shape(L, 2, "expand", shape, 1, 1);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_expand(x, nd, shape));
+  int nd = lb_read_shape(L, 2, "expand", shape, 1, 1);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_expand(x, nd, shape));
 }
 
 static int l_transpose(lua_State *L) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, "transpose");
-  int d1 = check_dim(L, 2, "transpose", x);
-  int d2 = check_dim(L, 3, "transpose", x);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_transpose(x, d1, d2));
+  eng_tensor *x = lb_check_tensor(L, 1, "transpose");
+  int d1 = lb_check_dim(L, 2, "transpose", x);
+  int d2 = lb_check_dim(L, 3, "transpose", x);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_transpose(x, d1, d2));
 }
 
 /* x:permute(3, 1, 2) or x:permute({3, 1, 2}): output dim i is input dim p[i] */
 static int l_permute(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "permute");
+  eng_tensor *x = lb_check_tensor(L, 1, "permute");
   int nd = eng_tensor_ndim(x);
   int dims[ENG_MAX_DIMS], seen[ENG_MAX_DIMS] = {0};
   int from_table = lua_istable(L, 2);
@@ -984,23 +976,23 @@ static int l_permute(lua_State *L) {
       lua_rawgeti(L, 2, i + 1);
       idx = lua_gettop(L);
     }
-    int d = check_dim(L, idx, "permute", x);
+    int d = lb_check_dim(L, idx, "permute", x);
     if (seen[d]) luaL_error(L, "permute: dim %d appears twice; the dims must be a permutation of 1..%d", d + 1, nd);
     seen[d] = 1;
     dims[i] = d;
     if (from_table) lua_pop(L, 1);
   }
-  TBox *out = box_new(L);
-  return finish(L, out, eng_permute(x, dims));
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_permute(x, dims));
 }
 
 /* x:narrow(dim, start, len): start is 1-based (negative from the end) */
 static int l_narrow(lua_State *L) {
   lua_settop(L, 4);
-  eng_tensor *x = check_tensor(L, 1, "narrow");
-  int d = check_dim(L, 2, "narrow", x);
-  lua_Integer start = check_int(L, 3, "narrow", "start");
-  lua_Integer len = check_int(L, 4, "narrow", "length");
+  eng_tensor *x = lb_check_tensor(L, 1, "narrow");
+  int d = lb_check_dim(L, 2, "narrow", x);
+  lua_Integer start = lb_check_int(L, 3, "narrow", "start");
+  lua_Integer len = lb_check_int(L, 4, "narrow", "length");
   int64_t size = eng_tensor_shape(x)[d];
   lua_Integer s0 = start < 0 ? size + start : start - 1;
   if (start == 0 || s0 < 0 || s0 > size || len < 0 || s0 + len > size) {
@@ -1008,20 +1000,20 @@ static int l_narrow(lua_State *L) {
     luaL_error(L, "narrow: start %I and length %I do not fit dim %d of shape %s (start is 1-based)", start, len,
                d + 1, shape_of(x, buf, sizeof buf));
   }
-  TBox *out = box_new(L);
-  return finish(L, out, eng_narrow(x, d, s0, len));
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_narrow(x, d, s0, len));
 }
 
 static int l_contiguous(lua_State *L) {
-  eng_tensor *x = check_tensor(L, 1, "contiguous");
-  TBox *out = box_new(L);
-  return finish(L, out, eng_contiguous(x));
+  eng_tensor *x = lb_check_tensor(L, 1, "contiguous");
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_contiguous(x));
 }
 
 /* E.cat({a, b, ...}, dim): dim defaults to 1 */
 static int l_cat(lua_State *L) {
   lua_settop(L, 2);
-  if (!lua_istable(L, 1)) luaL_error(L, "cat: expected a list of tensors, got %s", type_name(L, 1));
+  if (!lua_istable(L, 1)) luaL_error(L, "cat: expected a list of tensors, got %s", lb_type_name(L, 1));
   lua_Unsigned n = lua_rawlen(L, 1);
   if (n == 0) luaL_error(L, "cat: expected a non-empty list of tensors");
   if (n > (1u << 24)) luaL_error(L, "cat: too many tensors (%I)", (lua_Integer)n);
@@ -1034,22 +1026,22 @@ static int l_cat(lua_State *L) {
     xs[i] = b->t;
     lua_pop(L, 1);
   }
-  int dim = lua_isnoneornil(L, 2) ? 0 : check_dim(L, 2, "cat", xs[0]);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_cat(xs, (int)n, dim));
+  int dim = lua_isnoneornil(L, 2) ? 0 : lb_check_dim(L, 2, "cat", xs[0]);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_cat(xs, (int)n, dim));
 }
 
 /* x:gather(dim, index): index values are 1-based positions along dim */
 static int l_gather(lua_State *L) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, "gather");
-  int d = check_dim(L, 2, "gather", x);
+  eng_tensor *x = lb_check_tensor(L, 1, "gather");
+  int d = lb_check_dim(L, 2, "gather", x);
   TBox *tmp;
-  eng_tensor *index = tensor_or_table(L, 3, "gather", "index", eng_tensor_dtype(x), &tmp);
-  TBox *out = box_new(L);
+  eng_tensor *index = lb_tensor_or_table(L, 3, "gather", "index", eng_tensor_dtype(x), &tmp);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = eng_gather(x, d, index, 1);
-  box_release(tmp);
-  return finish(L, out, r);
+  lb_box_release(tmp);
+  return lb_finish(L, out, r);
 }
 
 /* ======================================================================
@@ -1057,102 +1049,102 @@ static int l_gather(lua_State *L) {
  * ====================================================================== */
 
 static int l_matmul(lua_State *L) {
-  eng_tensor *a = check_tensor(L, 1, "matmul");
-  eng_tensor *b = check_tensor(L, 2, "matmul");
-  TBox *out = box_new(L);
-  return finish(L, out, eng_matmul(a, b));
+  eng_tensor *a = lb_check_tensor(L, 1, "matmul");
+  eng_tensor *b = lb_check_tensor(L, 2, "matmul");
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_matmul(a, b));
 }
 
 /* E.embedding(weight (V,C), ids) with 0-based vocabulary ids */
 static int l_embedding(lua_State *L) {
   lua_settop(L, 2);
-  eng_tensor *w = check_tensor_what(L, 1, "embedding", "weight");
+  eng_tensor *w = lb_check_tensor_what(L, 1, "embedding", "weight");
   TBox *tmp;
-  eng_tensor *ids = tensor_or_table(L, 2, "embedding", "ids", eng_tensor_dtype(w), &tmp);
-  TBox *out = box_new(L);
+  eng_tensor *ids = lb_tensor_or_table(L, 2, "embedding", "ids", eng_tensor_dtype(w), &tmp);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = eng_embedding(w, ids);
-  box_release(tmp);
-  return finish(L, out, r);
+  lb_box_release(tmp);
+  return lb_finish(L, out, r);
 }
 
 /* E.layer_norm(x, weight?, bias?, eps = 1e-5) over the last dim */
 static int l_layer_norm(lua_State *L) {
   lua_settop(L, 4);
-  eng_tensor *x = check_tensor(L, 1, "layer_norm");
-  eng_tensor *w = opt_tensor(L, 2, "layer_norm", "weight");
-  eng_tensor *b = opt_tensor(L, 3, "layer_norm", "bias");
-  double eps = opt_num(L, 4, "layer_norm", "eps", 1e-5);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_layer_norm(x, w, b, eps));
+  eng_tensor *x = lb_check_tensor(L, 1, "layer_norm");
+  eng_tensor *w = lb_opt_tensor(L, 2, "layer_norm", "weight");
+  eng_tensor *b = lb_opt_tensor(L, 3, "layer_norm", "bias");
+  double eps = lb_opt_num(L, 4, "layer_norm", "eps", 1e-5);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_layer_norm(x, w, b, eps));
 }
 
 /* E.rms_norm(x, weight?, eps = 1e-6) over the last dim */
 static int l_rms_norm(lua_State *L) {
   lua_settop(L, 3);
-  eng_tensor *x = check_tensor(L, 1, "rms_norm");
-  eng_tensor *w = opt_tensor(L, 2, "rms_norm", "weight");
-  double eps = opt_num(L, 3, "rms_norm", "eps", 1e-6);
-  TBox *out = box_new(L);
-  return finish(L, out, eng_rms_norm(x, w, eps));
+  eng_tensor *x = lb_check_tensor(L, 1, "rms_norm");
+  eng_tensor *w = lb_opt_tensor(L, 2, "rms_norm", "weight");
+  double eps = lb_opt_num(L, 3, "rms_norm", "eps", 1e-6);
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_rms_norm(x, w, eps));
 }
 
 /* E.dropout(x, p, generator | {seed=} | {generator=} | nil) */
 static int l_dropout(lua_State *L) {
   lua_settop(L, 3);
   static const char *const known[] = {"seed", "generator", NULL};
-  eng_tensor *x = check_tensor(L, 1, "dropout");
-  double p = check_num(L, 2, "dropout", "p");
-  if (lua_istable(L, 3)) check_opts(L, 3, "dropout", known);
+  eng_tensor *x = lb_check_tensor(L, 1, "dropout");
+  double p = lb_check_num(L, 2, "dropout", "p");
+  if (lua_istable(L, 3)) lb_check_opts(L, 3, "dropout", known);
   eng_rng *rng = rng_arg(L, 3, "dropout");
-  TBox *out = box_new(L);
-  return finish(L, out, eng_dropout(x, p, rng));
+  TBox *out = lb_box_new(L);
+  return lb_finish(L, out, eng_dropout(x, p, rng));
 }
 
 /* E.attention(q, k, v, {mask=, causal=, scale=}) */
 static int l_attention(lua_State *L) {
   lua_settop(L, 4);
   static const char *const known[] = {"mask", "causal", "scale", NULL};
-  eng_tensor *q = check_tensor_what(L, 1, "attention", "q");
-  eng_tensor *k = check_tensor_what(L, 2, "attention", "k");
-  eng_tensor *v = check_tensor_what(L, 3, "attention", "v");
-  check_opts(L, 4, "attention", known);
-  int mi = opt_field(L, 4, "mask");
+  eng_tensor *q = lb_check_tensor_what(L, 1, "attention", "q");
+  eng_tensor *k = lb_check_tensor_what(L, 2, "attention", "k");
+  eng_tensor *v = lb_check_tensor_what(L, 3, "attention", "v");
+  lb_check_opts(L, 4, "attention", known);
+  int mi = lb_opt_field(L, 4, "mask");
   TBox *tmp = NULL;
-  eng_tensor *mask = lua_isnil(L, mi) ? NULL : tensor_or_table(L, mi, "attention", "mask", eng_tensor_dtype(q), &tmp);
-  int causal = opt_bool(L, opt_field(L, 4, "causal"), "attention", "causal", 0);
-  double scale = opt_num(L, opt_field(L, 4, "scale"), "attention", "scale", 0.0);
-  TBox *out = box_new(L);
+  eng_tensor *mask = lua_isnil(L, mi) ? NULL : lb_tensor_or_table(L, mi, "attention", "mask", eng_tensor_dtype(q), &tmp);
+  int causal = lb_opt_bool(L, lb_opt_field(L, 4, "causal"), "attention", "causal", 0);
+  double scale = lb_opt_num(L, lb_opt_field(L, 4, "scale"), "attention", "scale", 0.0);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = eng_attention(q, k, v, mask, causal, scale);
-  box_release(tmp);
-  return finish(L, out, r);
+  lb_box_release(tmp);
+  return lb_finish(L, out, r);
 }
 
 /* E.cross_entropy(logits, targets, {ignore_index = -100}) */
 static int l_cross_entropy(lua_State *L) {
   lua_settop(L, 3);
   static const char *const known[] = {"ignore_index", NULL};
-  eng_tensor *logits = check_tensor_what(L, 1, "cross_entropy", "logits");
-  check_opts(L, 3, "cross_entropy", known);
-  int ii = opt_field(L, 3, "ignore_index");
-  lua_Integer ignore = lua_isnil(L, ii) ? -100 : check_int(L, ii, "cross_entropy", "ignore_index");
+  eng_tensor *logits = lb_check_tensor_what(L, 1, "cross_entropy", "logits");
+  lb_check_opts(L, 3, "cross_entropy", known);
+  int ii = lb_opt_field(L, 3, "ignore_index");
+  lua_Integer ignore = lua_isnil(L, ii) ? -100 : lb_check_int(L, ii, "cross_entropy", "ignore_index");
   TBox *tmp;
-  eng_tensor *targets = tensor_or_table(L, 2, "cross_entropy", "targets", eng_tensor_dtype(logits), &tmp);
-  TBox *out = box_new(L);
+  eng_tensor *targets = lb_tensor_or_table(L, 2, "cross_entropy", "targets", eng_tensor_dtype(logits), &tmp);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = eng_cross_entropy(logits, targets, ignore);
-  box_release(tmp);
-  return finish(L, out, r);
+  lb_box_release(tmp);
+  return lb_finish(L, out, r);
 }
 
 /* E.token_logprobs(logits (...,V), labels (...)) -> (...) */
 static int l_token_logprobs(lua_State *L) {
   lua_settop(L, 2);
-  eng_tensor *logits = check_tensor_what(L, 1, "token_logprobs", "logits");
+  eng_tensor *logits = lb_check_tensor_what(L, 1, "token_logprobs", "logits");
   TBox *tmp;
-  eng_tensor *labels = tensor_or_table(L, 2, "token_logprobs", "labels", eng_tensor_dtype(logits), &tmp);
-  TBox *out = box_new(L);
+  eng_tensor *labels = lb_tensor_or_table(L, 2, "token_logprobs", "labels", eng_tensor_dtype(logits), &tmp);
+  TBox *out = lb_box_new(L);
   eng_tensor *r = eng_token_logprobs(logits, labels);
-  box_release(tmp);
-  return finish(L, out, r);
+  lb_box_release(tmp);
+  return lb_finish(L, out, r);
 }
 
 /* ======================================================================
@@ -1161,20 +1153,20 @@ static int l_token_logprobs(lua_State *L) {
 
 static GBox *check_gen(lua_State *L, int idx, const char *op) {
   GBox *g = luaL_testudata(L, idx, GENERATOR_MT);
-  if (!g) luaL_error(L, "%s: expected a generator, got %s", op, type_name(L, idx));
+  if (!g) luaL_error(L, "%s: expected a generator, got %s", op, lb_type_name(L, idx));
   if (!g->r) luaL_error(L, "%s: generator was released", op);
   return g;
 }
 
 /* E.Generator(seed = 0) */
 static int l_generator(lua_State *L) {
-  lua_Integer seed = lua_isnoneornil(L, 1) ? 0 : check_int(L, 1, "Generator", "seed");
+  lua_Integer seed = lua_isnoneornil(L, 1) ? 0 : lb_check_int(L, 1, "Generator", "seed");
   GBox *g = lua_newuserdatauv(L, sizeof *g, 0);
   g->r = NULL;
   g->owned = 1;
   luaL_setmetatable(L, GENERATOR_MT);
   g->r = eng_rng_new((uint64_t)seed);
-  if (!g->r) return raise_engine(L);
+  if (!g->r) return lb_raise_engine(L);
   return 1;
 }
 
@@ -1196,7 +1188,7 @@ static int l_gen_gc(lua_State *L) {
 
 static int l_gen_seed(lua_State *L) {
   GBox *g = check_gen(L, 1, "seed");
-  eng_rng_seed(g->r, (uint64_t)check_int(L, 2, "seed", "seed"));
+  eng_rng_seed(g->r, (uint64_t)lb_check_int(L, 2, "seed", "seed"));
   lua_settop(L, 1);
   return 1;
 }
@@ -1217,11 +1209,11 @@ static int l_gen_state(lua_State *L) {
 static int l_gen_set_state(lua_State *L) {
   GBox *g = check_gen(L, 1, "set_state");
   if (!lua_istable(L, 2) || lua_rawlen(L, 2) != 4)
-    luaL_error(L, "set_state: expected a table of 4 integers (from state()), got %s", type_name(L, 2));
+    luaL_error(L, "set_state: expected a table of 4 integers (from state()), got %s", lb_type_name(L, 2));
   uint64_t s[4];
   for (int i = 0; i < 4; i++) {
     lua_rawgeti(L, 2, i + 1);
-    s[i] = (uint64_t)check_int(L, -1, "set_state", "a state word");
+    s[i] = (uint64_t)lb_check_int(L, -1, "set_state", "a state word");
     lua_pop(L, 1);
   }
   eng_rng_set_state(g->r, s);
@@ -1241,7 +1233,7 @@ static int l_gen_normal(lua_State *L) {
 
 /* E.manual_seed(s): reseed the default generator */
 static int l_manual_seed(lua_State *L) {
-  eng_rng_seed(eng_default_rng(), (uint64_t)check_int(L, 1, "manual_seed", "seed"));
+  eng_rng_seed(eng_default_rng(), (uint64_t)lb_check_int(L, 1, "manual_seed", "seed"));
   return 0;
 }
 
@@ -1252,7 +1244,7 @@ static int l_manual_seed(lua_State *L) {
 #define MAX_THREADS 1024
 
 static int l_set_threads(lua_State *L) {
-  lua_Integer n = check_int(L, 1, "set_threads", "n");
+  lua_Integer n = lb_check_int(L, 1, "set_threads", "n");
   if (n < 1 || n > MAX_THREADS) luaL_error(L, "set_threads: n must be in 1..%d, got %I", MAX_THREADS, n);
   eng_set_threads((int)n);
   return 0;
@@ -1447,6 +1439,12 @@ int luaopen_engine(lua_State *L) {
   lua_setfield(L, E, "version");
   lua_pushvalue(L, methods); /* E.Tensor: the tensor methods; Lua may add more */
   lua_setfield(L, E, "Tensor");
+  /* the other binding files add their functions to E */
+  lua_pushvalue(L, E);
+  binding_safetensors_open(L);
+  binding_tokenizer_open(L);
+  binding_optim_open(L);
+  lua_settop(L, E);
 
   /* registered early so that the Lua side can require("engine") */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);

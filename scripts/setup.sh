@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(gcc make cmake pkg-config lua5.4 liblua5.4-dev libopenblas-openmp-dev
-          lua-filesystem lua-busted lua-dkjson)
+          libjansson-dev libpcre2-dev lua-filesystem lua-busted lua-dkjson)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

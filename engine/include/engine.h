@@ -216,4 +216,10 @@ int eng_gradcheck(eng_scalar_fn fn, void *ctx, eng_tensor **inputs, int n,
 #ifdef __cplusplus
 }
 #endif
+
+/* the rest of the API, by topic */
+#include "engine_optim.h"
+#include "engine_safetensors.h"
+#include "engine_tokenizer.h"
+
 #endif
