@@ -849,6 +849,17 @@ static int l_add_(lua_State *L) {
   return 1;
 }
 
+/* x:set_data_(src): x (a leaf) shares src's storage and layout from now on,
+ * keeping its identity, requires_grad and grad */
+static int l_set_data_(lua_State *L) {
+  lua_settop(L, 2);
+  eng_tensor *x = lb_check_tensor(L, 1, "set_data_");
+  eng_tensor *src = lb_check_tensor_what(L, 2, "set_data_", "source");
+  if (eng_tensor_set_data(x, src)) lb_raise_engine(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
 /* x:zero_grad(): drop x's gradient (the next backward makes a fresh one) */
 static int l_zero_grad(lua_State *L) {
   eng_tensor *x = lb_check_tensor(L, 1, "zero_grad");
@@ -1329,6 +1340,7 @@ static const luaL_Reg tensor_functions[] = {
     {"fill_", l_fill_},           {"zero_", l_zero_},
     {"copy_", l_copy_},           {"sum", l_sum},
     {"add_", l_add_},             {"zero_grad", l_zero_grad},
+    {"set_data_", l_set_data_},
     {"mean", l_mean},             {"max", l_max},
     {"logsumexp", l_logsumexp},   {"softmax", l_softmax},
     {"log_softmax", l_log_softmax}, {"reshape", l_reshape},

@@ -78,6 +78,10 @@ eng_tensor *eng_detach(eng_tensor *x);
 /* in place, outside autodiff: dst <- src (broadcast), dst <- v */
 int eng_copy_(eng_tensor *dst, eng_tensor *src);
 int eng_fill_(eng_tensor *dst, double v);
+/* make leaf t use src's storage and layout from now on (same shape and
+ * dtype; t keeps its identity, requires_grad and grad): how an optimizer
+ * moves parameters into one flat block */
+int eng_tensor_set_data(eng_tensor *t, eng_tensor *src);
 /* in place, outside autodiff: y <- beta*y + alpha*x (x broadcast to y) */
 int eng_axpby_(eng_tensor *y, double alpha, eng_tensor *x, double beta);
 

@@ -262,3 +262,19 @@ eng_tensor *eng_rand(eng_rng *rng, eng_dtype dt, int ndim, const int64_t *shape)
 eng_tensor *eng_detach(eng_tensor *x) {
   return tensor_view(x, x->ndim, x->shape, x->stride, x->offset);
 }
+
+int eng_tensor_set_data(eng_tensor *t, eng_tensor *src) {
+  if (t->grad_fn)
+    return eng_errorf_status("set_data: only a leaf tensor can take new data (this one was made by %s)",
+                             t->grad_fn->name);
+  if (t->dtype != src->dtype || t->ndim != src->ndim ||
+      (t->ndim && memcmp(t->shape, src->shape, sizeof(int64_t) * (size_t)t->ndim) != 0))
+    return eng_errorf_status("set_data: tensor is %s %s but the new data is %s %s", eng_dtype_name(t->dtype),
+                             shp(t), eng_dtype_name(src->dtype), shp(src));
+  __atomic_add_fetch(&src->storage->refcount, 1, __ATOMIC_RELAXED);
+  storage_release(t->storage);
+  t->storage = src->storage;
+  t->offset = src->offset;
+  memcpy(t->stride, src->stride, sizeof t->stride);
+  return 0;
+}

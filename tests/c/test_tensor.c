@@ -101,7 +101,32 @@ static void test_dtype_conversion(void) {
   eng_tensor_release(x);
 }
 
+static void test_set_data(void) {
+  /* two parameters moved into one flat block keep their identity and grads */
+  int64_t s2[] = {2}, s3[] = {3}, s5[] = {5};
+  eng_tensor *a = T(ENG_DTYPE_F32, 1, s2, ((double[]){1, 2}));
+  eng_tensor *b = T(ENG_DTYPE_F32, 1, s3, ((double[]){3, 4, 5}));
+  eng_set_requires_grad(a, true);
+  eng_tensor *flat = eng_zeros(ENG_DTYPE_F32, 1, s5);
+  eng_tensor *va = eng_narrow(flat, 0, 0, 2), *vb = eng_narrow(flat, 0, 2, 3);
+  eng_copy_(va, a);
+  eng_copy_(vb, b);
+  CHECK(eng_tensor_set_data(a, va) == 0 && eng_tensor_set_data(b, vb) == 0);
+  CHECK(eng_requires_grad(a));
+  eng_fill_(flat, 7); /* writes through the block reach the parameters */
+  CHECK_CLOSE(at(a, 1), 7, 0);
+  CHECK_CLOSE(at(b, 2), 7, 0);
+  CHECK(eng_tensor_set_data(a, vb) != 0);
+  CHECK(strcmp(eng_last_error(), "set_data: tensor is float32 [2] but the new data is float32 [3]") == 0);
+  eng_tensor *e = eng_exp(a);
+  CHECK(eng_tensor_set_data(e, va) != 0);
+  CHECK(strstr(eng_last_error(), "only a leaf tensor") != NULL);
+  eng_tensor *ts[] = {a, b, flat, va, vb, e};
+  for (int i = 0; i < 6; i++) eng_tensor_release(ts[i]);
+}
+
 int main(void) {
+  RUN(test_set_data);
   RUN(test_creation);
   RUN(test_strided_copy);
   RUN(test_threaded_strided);
