@@ -36,6 +36,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #ifndef ENGINE_LUA_DIR
 #error "ENGINE_LUA_DIR (the directory holding engine/api.lua) must be defined"
@@ -868,6 +871,43 @@ static int l_zero_grad(lua_State *L) {
   return 1;
 }
 
+/* E.anomaly(on): turn the engine's non-finite checks on or off (and
+ * forget what was seen); E.anomaly_op(): the first op that made a NaN or
+ * inf since, or nil */
+static int l_anomaly(lua_State *L) {
+  eng_anomaly_enable(lua_toboolean(L, 1));
+  return 0;
+}
+static int l_anomaly_op(lua_State *L) {
+  const char *op = eng_anomaly_first();
+  if (op) lua_pushstring(L, op);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* E.isatty(fd): is file descriptor fd (1 = stdout) a terminal */
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 1)));
+  return 1;
+}
+
+/* E.fsync(path): flush a file or a directory to disk; nil, message on
+ * failure (how checkpoints are made durable before and after a rename) */
+static int l_fsync(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int fd = open(path, O_RDONLY);
+  if (fd < 0 || fsync(fd) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    lua_pushnil(L);
+    lua_pushfstring(L, "fsync: %s: %s", path, strerror(e));
+    return 2;
+  }
+  close(fd);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* E.wall_time(): monotonic seconds, for timing (os.clock adds up all threads) */
 static int l_wall_time(lua_State *L) {
   struct timespec ts;
@@ -1378,6 +1418,10 @@ static const luaL_Reg module_functions[] = {
     {"memory_stats", l_memory_stats},
     {"memory_trim", l_memory_trim},
     {"wall_time", l_wall_time},
+    {"anomaly", l_anomaly},
+    {"anomaly_op", l_anomaly_op},
+    {"isatty", l_isatty},
+    {"fsync", l_fsync},
     {NULL, NULL}};
 
 static const luaL_Reg tensor_meta[] = {

@@ -114,6 +114,14 @@ int eng_backward(eng_tensor *root, eng_tensor *grad_out);
 /* returns the previous setting */
 bool eng_set_grad_enabled(bool on);
 bool eng_grad_enabled(void);
+/* Anomaly checks, to find where a NaN or inf first appears: while on,
+ * every op recorded in the graph scans its output, and backward scans each
+ * gradient it computes; the first op whose result holds a non-finite value
+ * is remembered ("log (forward)", "backward of softmax"). Costs one pass
+ * over each result: for re-running a failed step, not for training. */
+void eng_anomaly_enable(bool on);
+/* NULL when nothing non-finite was seen since enabling */
+const char *eng_anomaly_first(void);
 /* name of the op that made t ("leaf" for leaves, "freed" after backward) */
 const char *eng_grad_fn_name(const eng_tensor *t);
 

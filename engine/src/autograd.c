@@ -9,11 +9,33 @@
  * makes a second backward through it an error. */
 #include "internal.h"
 
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static _Thread_local bool grad_disabled;
 static uint64_t backward_generation;
+
+static bool anomaly_on;
+static char anomaly_first[128];
+
+void eng_anomaly_enable(bool on) {
+  anomaly_on = on;
+  anomaly_first[0] = 0;
+}
+const char *eng_anomaly_first(void) { return anomaly_first[0] ? anomaly_first : NULL; }
+
+static bool all_finite(const eng_tensor *t) {
+  for (int64_t i = 0; i < t->numel; i++)
+    if (!isfinite(eng_tensor_get_flat(t, i))) return false;
+  return true;
+}
+
+static void anomaly_check(const eng_tensor *t, const char *name, const char *phase) {
+  if (anomaly_on && !anomaly_first[0] && t && !all_finite(t))
+    snprintf(anomaly_first, sizeof anomaly_first, "%s%s", phase, name);
+}
 
 bool eng_set_grad_enabled(bool on) {
   bool prev = !grad_disabled;
@@ -40,6 +62,7 @@ eng_node *node_attach(eng_tensor *out, const char *name, node_backward_fn bw, in
   for (int i = 0; i < ninputs; i++) n->inputs[i] = eng_tensor_retain(inputs[i]);
   out->grad_fn = n;
   out->requires_grad = true;
+  anomaly_check(out, name, "");
   return n;
 }
 
@@ -267,6 +290,7 @@ int eng_backward(eng_tensor *root, eng_tensor *grad_out) {
       for (int i = 0; i < n->ninputs; i++) {
         eng_tensor *in = n->inputs[i];
         if (!gin[i]) continue;
+        anomaly_check(gin[i], n->name, "backward of ");
         if (rc == 0 && in->requires_grad) {
           if (in->grad_fn) {
             eng_node *m = in->grad_fn;

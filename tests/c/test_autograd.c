@@ -140,7 +140,33 @@ static void test_rng_stream(void) {
   eng_rng_free(r);
 }
 
+static void test_anomaly(void) {
+  /* y = sum(exp(log(x) * w)) with x[1] = -1: log makes the first NaN */
+  int64_t s2[] = {2};
+  eng_tensor *x = T(ENG_DTYPE_F64, 1, s2, ((double[]){2, -1}));
+  eng_tensor *w = T(ENG_DTYPE_F64, 1, s2, ((double[]){1, 1}));
+  eng_set_requires_grad(x, true);
+  eng_anomaly_enable(true);
+  CHECK(eng_anomaly_first() == NULL);
+  eng_tensor *l = eng_log(x), *m = eng_mul(l, w), *e = eng_exp(m), *y = eng_sum(e, ENG_ALL_DIMS, false);
+  CHECK(eng_anomaly_first() && strcmp(eng_anomaly_first(), "log") == 0);
+  eng_anomaly_enable(false);
+  CHECK(eng_anomaly_first() == NULL);
+  /* finite forward, non-finite gradient: d sqrt(x)/dx at 0 is inf */
+  eng_tensor *z = T(ENG_DTYPE_F64, 1, s2, ((double[]){0, 4}));
+  eng_set_requires_grad(z, true);
+  eng_anomaly_enable(true);
+  eng_tensor *r = eng_sqrt(z), *s = eng_sum(r, ENG_ALL_DIMS, false);
+  CHECK(eng_anomaly_first() == NULL);
+  CHECK(eng_backward(s, NULL) == 0);
+  CHECK(eng_anomaly_first() && strcmp(eng_anomaly_first(), "backward of sqrt") == 0);
+  eng_anomaly_enable(false);
+  eng_tensor *ts[] = {x, w, l, m, e, y, z, r, s};
+  for (int i = 0; i < 9; i++) eng_tensor_release(ts[i]);
+}
+
 int main(void) {
+  RUN(test_anomaly);
   RUN(test_diamond_and_accumulation);
   RUN(test_errors);
   RUN(test_no_grad_and_detach);
