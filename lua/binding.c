@@ -885,6 +885,16 @@ static int l_anomaly_op(lua_State *L) {
   return 1;
 }
 
+/* E.hash(x [, seed]) -> 16 hex digits of eng_tensor_hash */
+static int l_hash(lua_State *L) {
+  eng_tensor *x = lb_check_tensor(L, 1, "hash");
+  uint64_t seed = (uint64_t)luaL_optinteger(L, 2, 0);
+  char buf[17];
+  snprintf(buf, sizeof buf, "%016llx", (unsigned long long)eng_tensor_hash(x, seed));
+  lua_pushstring(L, buf);
+  return 1;
+}
+
 /* E.isatty(fd): is file descriptor fd (1 = stdout) a terminal */
 static int l_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_optinteger(L, 1, 1)));
@@ -1421,6 +1431,7 @@ static const luaL_Reg module_functions[] = {
     {"anomaly", l_anomaly},
     {"anomaly_op", l_anomaly_op},
     {"isatty", l_isatty},
+    {"hash", l_hash},
     {"fsync", l_fsync},
     {NULL, NULL}};
 

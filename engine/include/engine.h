@@ -55,6 +55,9 @@ bool eng_tensor_is_contiguous(const eng_tensor *t);
 void *eng_tensor_data(eng_tensor *t);
 /* element at a row-major flat index of the logical shape, as double */
 double eng_tensor_get_flat(const eng_tensor *t, int64_t i);
+/* a 64-bit hash of dtype, shape and values (in logical order): the same
+ * tensor gives the same hash on every machine; for cache keys */
+uint64_t eng_tensor_hash(const eng_tensor *t, uint64_t seed);
 /* "[2,3]" into buf; returns buf */
 char *eng_shape_str(const eng_tensor *t, char *buf, size_t len);
 const char *eng_dtype_name(eng_dtype dt);

@@ -278,3 +278,38 @@ int eng_tensor_set_data(eng_tensor *t, eng_tensor *src) {
   memcpy(t->stride, src->stride, sizeof t->stride);
   return 0;
 }
+
+/* a multiply-xorshift mix per 64-bit word; deterministic and fast enough to
+ * hash a model's weights (a few GB/s) for cache keys, not cryptographic */
+static inline uint64_t mix64(uint64_t h, uint64_t w) {
+  h ^= w * 0x9e3779b97f4a7c15ULL;
+  h = (h << 27) | (h >> 37);
+  return h * 0xbf58476d1ce4e5b9ULL + 0x94d049bb133111ebULL;
+}
+
+uint64_t eng_tensor_hash(const eng_tensor *t, uint64_t seed) {
+  uint64_t h = mix64(seed, (uint64_t)t->dtype + 1);
+  h = mix64(h, (uint64_t)t->ndim);
+  for (int d = 0; d < t->ndim; d++) h = mix64(h, (uint64_t)t->shape[d]);
+  size_t es = dtype_size(t->dtype);
+  if (eng_tensor_is_contiguous(t)) {
+    const unsigned char *p = tensor_ptr(t);
+    size_t n = (size_t)t->numel * es, i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      memcpy(&w, p + i, 8);
+      h = mix64(h, w);
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, p + i, n - i);
+    h = mix64(h, tail ^ (uint64_t)(n - i));
+  } else {
+    eng_tensor *c = tensor_new(t->dtype, t->ndim, t->shape);
+    if (!c) return 0;
+    eng_copy_(c, (eng_tensor *)t);
+    uint64_t r = eng_tensor_hash(c, seed);
+    eng_tensor_release(c);
+    return r;
+  }
+  return mix64(h, (uint64_t)t->numel);
+}

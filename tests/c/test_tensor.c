@@ -125,7 +125,26 @@ static void test_set_data(void) {
   for (int i = 0; i < 6; i++) eng_tensor_release(ts[i]);
 }
 
+static void test_hash(void) {
+  int64_t s23[] = {2, 3}, s32[] = {3, 2};
+  double v[] = {1, 2, 3, 4, 5, 6};
+  eng_tensor *a = T(ENG_DTYPE_F32, 2, s23, v), *b = T(ENG_DTYPE_F32, 2, s23, v);
+  eng_tensor *c = T(ENG_DTYPE_F32, 2, s32, v), *d = T(ENG_DTYPE_F64, 2, s23, v);
+  CHECK(eng_tensor_hash(a, 0) == eng_tensor_hash(b, 0));
+  CHECK(eng_tensor_hash(a, 0) != eng_tensor_hash(a, 1));
+  CHECK(eng_tensor_hash(a, 0) != eng_tensor_hash(c, 0)); /* same bytes, other shape */
+  CHECK(eng_tensor_hash(a, 0) != eng_tensor_hash(d, 0));
+  eng_fill_(b, 1);
+  CHECK(eng_tensor_hash(a, 0) != eng_tensor_hash(b, 0));
+  /* a transposed view hashes as its contiguous copy */
+  eng_tensor *ct = eng_transpose(c, 0, 1), *cc = eng_contiguous(ct);
+  CHECK(eng_tensor_hash(ct, 5) == eng_tensor_hash(cc, 5));
+  eng_tensor *ts[] = {a, b, c, d, ct, cc};
+  for (int i = 0; i < 6; i++) eng_tensor_release(ts[i]);
+}
+
 int main(void) {
+  RUN(test_hash);
   RUN(test_set_data);
   RUN(test_creation);
   RUN(test_strided_copy);
