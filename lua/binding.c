@@ -1446,7 +1446,7 @@ static const luaL_Reg generator_methods[] = {
 
 /* prepend ENGINE_LUA_DIR/?.lua to package.path unless it is there */
 static void add_lua_path(lua_State *L) {
-  static const char entry[] = ENGINE_LUA_DIR "/?.lua";
+  static const char entry[] = ENGINE_LUA_DIR "/?.lua;" ENGINE_LUA_DIR "/?/init.lua";
   lua_getglobal(L, "package");
   if (!lua_istable(L, -1)) luaL_error(L, "engine: the package library is not loaded");
   lua_getfield(L, -1, "path");
@@ -1511,6 +1511,7 @@ int luaopen_engine(lua_State *L) {
   binding_safetensors_open(L);
   binding_tokenizer_open(L);
   binding_optim_open(L);
+  binding_sampling_open(L);
   lua_settop(L, E);
 
   /* registered early so that the Lua side can require("engine") */

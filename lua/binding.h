@@ -65,5 +65,6 @@ LB_API eng_tensor *lb_tensor_or_table(lua_State *L, int idx, const char *op, con
 LB_API void binding_safetensors_open(lua_State *L);
 LB_API void binding_tokenizer_open(lua_State *L);
 LB_API void binding_optim_open(lua_State *L);
+LB_API void binding_sampling_open(lua_State *L);
 
 #endif
