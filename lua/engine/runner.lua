@@ -7,6 +7,7 @@
 --   engine                      the REPL; `engine -i` opens it after the rest
 --   engine -                    runs standard input
 --   engine --version | --help
+--   engine plot RUN_DIR [metric ...]   charts of a run (engine/plot.lua)
 --
 -- Recipes. When FILE.lua returns a table with a `train` function, the
 -- runner calls recipe.train(cfg) with cfg built in this order:
@@ -53,6 +54,9 @@ Runs Lua 5.4 code with the training engine loaded (local E = require("engine")).
                                  (numbers, true/false and strings; an unknown key is an
                                  error naming the closest valid one)
   engine RECIPE.lua --help       list the recipe's keys, defaults and docs
+  engine plot RUN_DIR [metric ...]
+                                 write PNG and SVG charts of a run's metrics to
+                                 RUN_DIR/plots (engine plot --help for options)
   engine                         open the REPL (Ctrl-D exits)
   engine -                       run standard input
 
@@ -417,6 +421,13 @@ return function(argv, interactive)
     end
   end
   local script = i <= n and i or nil
+
+  -- engine plot RUN_DIR [metric ...]: the charts of a run (engine/plot.lua)
+  if script and argv[script] == "plot" and #chunks == 0 then
+    local ok, err = pcall(require("engine.plot").cli, table.move(argv, script + 1, n, 1, {}))
+    if not ok then return fail(type(err) == "table" and tostring(err.msg or err) or tostring(err)) end
+    return 0
+  end
 
   -- arg as the stock lua sets it: the script at 0, what precedes it below
   local arg, s = {}, script or 0

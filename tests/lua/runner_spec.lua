@@ -280,4 +280,18 @@ return {
   end)
 end)
 
+describe("engine plot", function()
+  it("writes the charts of a run and names an unknown metric", function()
+    local run = dir .. "/plotrun"
+    os.execute("mkdir -p " .. H.quote(run))
+    file("plotrun/metrics.jsonl", '{"step":1,"loss":0.7}\n{"step":2,"loss":0.5}\n')
+    local status, out = H.run(BIN .. " plot " .. H.quote(run) .. " loss")
+    assert.equals(0, status)
+    assert.equals(run .. "/plots/loss.svg\n" .. run .. "/plots/loss.png\n", out)
+    local status2, _, err = H.run(BIN .. " plot " .. H.quote(run) .. " los")
+    assert.equals(1, status2)
+    assert.equals("engine: plot: no metric 'los' in " .. run .. "/metrics.jsonl; available: loss\n", err)
+  end)
+end)
+
 teardown(function() os.execute("rm -rf " .. H.quote(dir)) end)
