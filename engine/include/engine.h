@@ -118,9 +118,9 @@ int eng_backward(eng_tensor *root, eng_tensor *grad_out);
 bool eng_set_grad_enabled(bool on);
 bool eng_grad_enabled(void);
 /* Anomaly checks, to find where a NaN or inf first appears: while on,
- * every op recorded in the graph scans its output, and backward scans each
+ * every op scans its output, and backward scans each
  * gradient it computes; the first op whose result holds a non-finite value
- * is remembered ("log (forward)", "backward of softmax"). Costs one pass
+ * is remembered ("log", "backward of softmax"). Costs one pass
  * over each result: for re-running a failed step, not for training. */
 void eng_anomaly_enable(bool on);
 /* NULL when nothing non-finite was seen since enabling */

@@ -53,6 +53,7 @@ bool needs_grad(int n, eng_tensor *const *inputs) {
 
 eng_node *node_attach(eng_tensor *out, const char *name, node_backward_fn bw, int ninputs,
                       eng_tensor *const *inputs) {
+  anomaly_check(out, name, ""); /* every op passes here, recorded or not */
   if (!needs_grad(ninputs, inputs)) return NULL;
   eng_node *n = calloc(1, sizeof *n);
   if (!n) return NULL;
@@ -62,7 +63,6 @@ eng_node *node_attach(eng_tensor *out, const char *name, node_backward_fn bw, in
   for (int i = 0; i < ninputs; i++) n->inputs[i] = eng_tensor_retain(inputs[i]);
   out->grad_fn = n;
   out->requires_grad = true;
-  anomaly_check(out, name, "");
   return n;
 }
 
