@@ -15,6 +15,14 @@ local H = {}
 H.build_dir = build
 local bin_dir = os.getenv("ENGINE_BIN_DIR")
 H.engine_bin = ((bin_dir and bin_dir ~= "") and bin_dir or build) .. "/engine"
+-- the repository root (specs run from it; this also works from elsewhere)
+H.repo = debug.getinfo(1, "S").source:match("^@(.*)/tests/lua/[^/]*$") or "."
+
+function H.exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
 
 -- the message of the error fn(...) raises, without the "file:line: " prefix
 -- (nil when fn does not fail)
