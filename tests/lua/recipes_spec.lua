@@ -89,6 +89,18 @@ describe("preference recipe losses", function()
     end)
   end
 
+  it("sft is the token-mean NLL of the masked tokens", function()
+    local sft = recipe("sft")
+    local lp = { { -1.5, -2.0, -0.25 }, { -3.0, -0.5, -4.0 } }
+    local mask = { { 1, 1, 0 }, { 1, 0, 1 } }
+    local L = sft.loss({ token_logps = E.tensor(lp, "float64"), mask = E.tensor(mask, "float64") }, {})
+    assert.is_true(math.abs(L:item() - (1.5 + 2.0 + 3.0 + 4.0) / 4) < 1e-12)
+    local ok, report = E.gradcheck(function(x)
+      return (sft.loss({ token_logps = x, mask = E.tensor(mask, "float64") }, {}))
+    end, { E.tensor(lp, "float64"):requires_grad(true) })
+    assert.is_true(ok, report)
+  end)
+
   it("dpo at π = π_ref is log 2 for any β, in all three forms' sigmoid case", function()
     local dpo = recipe("dpo")
     for _, beta in ipairs({ 0.01, 0.1, 1, 10 }) do
