@@ -14,10 +14,13 @@
  * owns the random stream (lua/engine/generate.lua gives each row its own).
  * The log-probability is that of the same renormalised distribution:
  *   (x_id / T - m) - log Z,  m = max_i x_i / T,  Z = sum over kept exp(x_i / T - m)
+ * A token with x_i / T - m < -708 counts as probability 0 (its true one is
+ * below 1e-307; exp would be subnormal).
  * All arithmetic is float64 whatever the logits' dtype. Sums run over
  * blocks of SUM_BLOCK ids (vectorized within a block, blocks in order), and
  * the draw walks the block sums before the ids of one block; so results
- * agree with a plain running sum (the Lua reference) to rounding.
+ * agree to rounding with plain running sums (the reference in
+ * tests/lua/generate_spec.lua).
  *
  * Work per row: one vectorized pass to scale and find the max, one of exp;
  * top-k adds a pass keeping a min-heap of the k largest (O(V log k) worst
@@ -75,18 +78,16 @@ static double load_row(const void *x, bool f64, int64_t V, int64_t sv, double t,
   return nan ? NAN : m;
 }
 
-/* exp(x) for x <= 0 (every argument here is a scaled logit minus the row's
- * max), branch-free so that the loops over the vocabulary vectorize:
- * x = k ln2 + r with |r| <= ln2/2, e^r by its Taylor series to r^13 (error
- * below 1e-17), times 2^k built in the exponent bits. Within 2 ulp of libm's
- * exp; 0 below -708 (where exp is subnormal: such a token has probability
- * < 1e-307 of the row's max) and for -inf. */
-static inline double exp_le0(double x) {
+/* exp(x) for x in [-708, -0.0], branch-free so that loops over the
+ * vocabulary vectorize: x = k ln2 + r with |r| <= ln2/2, e^r by its Taylor
+ * series to r^13 (truncation error below 1e-17), times 2^k (k >= -1022)
+ * built in the exponent bits. Within 1 ulp of libm's exp. */
+static inline double exp_kernel(double x) {
   const double log2e = 1.4426950408889634, ln2_hi = 6.93147180369123816490e-01,
-               ln2_lo = 1.90821492927058770002e-10;
-  double xc = x < -708.0 ? -708.0 : x;
-  double kf = floor(xc * log2e + 0.5);
-  double r = (xc - kf * ln2_hi) - kf * ln2_lo;
+               ln2_lo = 1.90821492927058770002e-10, shifter = 6755399441055744.0; /* 1.5 * 2^52 */
+  double big = x * log2e + shifter; /* round(x log2e) in the low mantissa bits */
+  double kf = big - shifter;
+  double r = (x - kf * ln2_hi) - kf * ln2_lo;
   double p = 1.0 / 6227020800.0;
   p = p * r + 1.0 / 479001600.0;
   p = p * r + 1.0 / 39916800.0;
@@ -101,17 +102,46 @@ static inline double exp_le0(double x) {
   p = p * r + 0.5;
   p = p * r + 1.0;
   p = p * r + 1.0;
-  /* 2^k: kf + 1023 lands in the low mantissa bits of kf + 1023 + 2^52 */
-  double big = kf + 1023.0 + 4503599627370496.0;
-  uint64_t bits;
-  memcpy(&bits, &big, sizeof bits);
-  bits <<= 52;
+  uint64_t b;
+  memcpy(&b, &big, sizeof b);
+  b = (b + 1023) << 52; /* the low bits of big are 2^51 + k: (k + 1023) << 52 */
   double scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return x < -708.0 ? 0.0 : p * scale;
+  memcpy(&scale, &b, sizeof scale);
+  return p * scale;
 }
 
-double sampling_exp_le0(double x) { return exp_le0(x); }
+/* s[i] = exp(s[i] - m) for s[i] <= m (or -inf), and 0 where s[i] - m < -708
+ * (probability below 1e-307 of the max token's: subnormal, and slow). Two
+ * loops, neither with a floating-point select after the compare (with
+ * -ftrapping-math that stops the vectorizer): the first writes d = -(m - s)
+ * (-0.0 for the max, so every kept d has its sign bit set) or +0.0 for
+ * "none"; the second masks by the sign bit. */
+static void exp_shift(double *s, int64_t V, double m) {
+#pragma omp simd
+  for (int64_t i = 0; i < V; i++) {
+    double d = -(m - s[i]);
+    s[i] = d < -708.0 ? 0.0 : d;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < V; i++) {
+    uint64_t xb;
+    memcpy(&xb, &s[i], sizeof xb);
+    uint64_t keep = (uint64_t)((int64_t)xb >> 63); /* all ones for a kept d */
+    xb &= keep;                                    /* +0.0 for the others: finite work */
+    double x, e;
+    memcpy(&x, &xb, sizeof x);
+    e = exp_kernel(x);
+    uint64_t eb;
+    memcpy(&eb, &e, sizeof eb);
+    eb &= keep;
+    memcpy(&s[i], &eb, sizeof eb);
+  }
+}
+
+double sampling_exp_le0(double x) {
+  exp_shift(&x, 1, 0.0);
+  return x;
+}
 
 /* the k-th largest of s[0..V) (counting repeats), 1 <= k <= V: a min-heap
  * h of the k largest seen so far; a later value enters only if it beats the
@@ -192,11 +222,11 @@ static inline void swap_i(int32_t *a, int32_t *b) {
  * above and the pivot stay; look below).
  * Tokens with e <= (1 - top_p) Z / V go first, unranked: the tokens more
  * probable than such a token hold at least Z - V e >= top_p Z, so it is
- * never kept (`floor` is that bound less a 1e-6 margin against rounding). */
-static void nucleus(double *e, int64_t V, double target, double floor, int32_t *id) {
+ * never kept (`lowest` is that bound less a 1e-6 margin against rounding). */
+static void nucleus(double *e, int64_t V, double target, double lowest, int32_t *id) {
   int64_t n = 0;
   for (int64_t i = 0; i < V; i++) {
-    if (e[i] > floor) id[n++] = (int32_t)i;
+    if (e[i] > lowest) id[n++] = (int32_t)i;
     else e[i] = 0;
   }
   int64_t lo = 0, hi = n;
@@ -236,8 +266,7 @@ static int greedy_row(const void *x, bool f64, int64_t V, int64_t sv, double *s,
   if (m == INFINITY) return ROW_POS_INF;
   int64_t a = 0;
   while (s[a] != m) a++;
-#pragma omp simd
-  for (int64_t i = 0; i < V; i++) s[i] = exp_le0(s[i] - m);
+  exp_shift(s, V, m);
   double z = 0;
 #pragma omp simd reduction(+ : z)
   for (int64_t i = 0; i < V; i++) z += s[i];
@@ -253,9 +282,12 @@ static int sample_row(const void *x, bool f64, int64_t V, int64_t sv, const eng_
   if (m != m) return ROW_NAN;
   if (m == -INFINITY) return ROW_ALL_NEG_INF;
   if (m == INFINITY) return ROW_POS_INF;
-  double thr = o->top_k > 0 && o->top_k < V ? kth_largest(s, V, o->top_k, w->top) : -INFINITY;
+  if (o->top_k > 0 && o->top_k < V) {
+    double thr = kth_largest(s, V, o->top_k, w->top);
 #pragma omp simd
-  for (int64_t i = 0; i < V; i++) s[i] = s[i] >= thr ? exp_le0(s[i] - m) : 0.0;
+    for (int64_t i = 0; i < V; i++) s[i] = s[i] >= thr ? s[i] : -INFINITY;
+  }
+  exp_shift(s, V, m);
   double z = block_sums(s, V, w->bs);
   if (o->top_p < 1) {
     nucleus(s, V, o->top_p * z, (1 - o->top_p) * z / (double)V * (1 - 1e-6), w->id);
@@ -285,7 +317,8 @@ int eng_sample_logits(eng_tensor *logits, const eng_sample_opts *o, const double
   if (!(o->temperature >= 0) || isinf(o->temperature))
     return eng_errorf_status(OP ": temperature must be a finite number >= 0 (0 is greedy), got %g",
                              o->temperature);
-  if (o->top_k < 0) return eng_errorf_status(OP ": top_k must be an integer >= 0 (0 is off), got %lld", (long long)o->top_k);
+  if (o->top_k < 0)
+    return eng_errorf_status(OP ": top_k must be an integer >= 0 (0 is off), got %lld", (long long)o->top_k);
   if (!(o->top_p > 0 && o->top_p <= 1))
     return eng_errorf_status(OP ": top_p must be in (0, 1] (1 is off), got %g", o->top_p);
   int64_t B = logits->shape[0], V = logits->shape[1];

@@ -22,12 +22,12 @@ typedef struct {
  *   greedy:   the first argmax, and log_softmax(logits)[id] (temperature 1,
  *             nothing filtered: the model's own log-probability)
  * Returns 0, or -1 with an error naming the option, the shape or the row
- * (a NaN logit, or a row with every logit -inf). Records no graph. */
+ * (a NaN or +inf logit, or every logit -inf). Records no graph. */
 int eng_sample_logits(eng_tensor *logits, const eng_sample_opts *opts, const double *u, int64_t *ids,
                       double *logprobs);
 
-/* exp(x) for x <= 0 as the sampler computes it (vectorizable; within 2 ulp
- * of exp, 0 below -708); exposed for tests */
+/* exp(x) for x <= 0 (and -inf) as the sampler computes it: vectorizable,
+ * within 1 ulp of exp for x >= -708, and 0 below; exposed for tests */
 double sampling_exp_le0(double x);
 
 #endif

@@ -2,7 +2,8 @@
  * log-probabilities worked out by hand; the top-k and top-p kept sets and
  * the draw against their definitions computed by brute force here (O(V^2),
  * nothing shared with the kernel's quickselects); the distribution a grid
- * of uniforms maps to; float64 and strided logits; the multi-threaded path
+ * of uniforms maps to; the vectorized exp against libm's; float64 and
+ * strided logits; the multi-threaded path
  * against row-by-row calls; the exact error messages. */
 #include "check.h"
 #include "internal.h"
@@ -50,6 +51,24 @@ static void test_worked_by_hand(void) {
   /* row 2: id 0 (above: 0) and id 1 (above: .494 < .7) kept */
   CHECK(ids[1] == 0);
   CHECK_CLOSE(lps[1], -log(2), 1e-12);
+  /* equal masses .25 each, top_p = .5: the third token has exactly .5 above
+   * it, which is not < .5, so two are kept */
+  eng_tensor *flat = mat(ENG_DTYPE_F32, 1, 4, (double[]){0, 0, 0, 0});
+  CHECK(sample(flat, 1, 0, 0.5, (double[]){0.99}, ids, lps) == 0);
+  CHECK(ids[0] == 1);
+  CHECK_CLOSE(lps[0], -log(2), 1e-15);
+  /* u * Z landing exactly on a running sum: the next token (mass must exceed it) */
+  CHECK(sample(flat, 1, 0, 1, (double[]){0.5}, ids, lps) == 0);
+  CHECK(ids[0] == 2);
+  CHECK(sample(flat, 1, 0, 1, (double[]){0.0}, ids, lps) == 0);
+  CHECK(ids[0] == 0);
+  eng_tensor_release(flat);
+  /* the same at a boundary between the kernel's blocks of 256 ids */
+  flat = eng_zeros(ENG_DTYPE_F32, 2, (int64_t[]){1, 512});
+  CHECK(sample(flat, 1, 0, 1, (double[]){0.5}, ids, lps) == 0);
+  CHECK(ids[0] == 256);
+  CHECK_CLOSE(lps[0], -log(512), 1e-14);
+  eng_tensor_release(flat);
   /* u = 0 picks the first kept id; u just below 1 the last */
   CHECK(sample(l, 1, 0, 0.7, (double[]){0, 0.9999999999}, ids, lps) == 0);
   CHECK(ids[0] == 1 && ids[1] == 1);
@@ -70,7 +89,7 @@ static void brute(const double *x, int64_t V, double T, int64_t k, double p, dou
   for (int64_t j = 0; j < V; j++) {
     int64_t greater = 0;
     for (int64_t i = 0; i < V; i++) greater += s[i] > s[j];
-    keep[j] = k == 0 || greater < k; /* s_j >= the k-th largest */
+    keep[j] = (k == 0 || greater < k) && s[j] - m >= -708; /* s_j >= the k-th largest */
     e[j] = keep[j] ? exp(s[j] - m) : 0;
     z += e[j];
   }
@@ -178,6 +197,26 @@ static void test_grid_distribution(void) {
   eng_tensor_release(l);
 }
 
+/* the vectorized exp against libm's: relative error at most 1 ulp on a
+ * fine sweep of [-708, 0]; 0 below -708 and for -inf */
+static void test_exp(void) {
+  double worst = 0;
+  for (int64_t i = 0; i <= 2000000; i++) {
+    double x = -708.0 * (double)i / 2000000.0 - 1e-7 * (double)(i % 7);
+    if (x < -708) x = -708;
+    double e = exp(x), got = sampling_exp_le0(x);
+    worst = fmax(worst, fabs(got - e) / e);
+  }
+  CHECK(worst <= 2.3e-16);
+  CHECK(sampling_exp_le0(0.0) == 1.0);
+  CHECK(sampling_exp_le0(-0.0) == 1.0);
+  CHECK(sampling_exp_le0(-1.0) == exp(-1.0));
+  CHECK(sampling_exp_le0(-708.0) > 0);
+  CHECK(sampling_exp_le0(-708.0000001) == 0.0);
+  CHECK(sampling_exp_le0(-1e300) == 0.0);
+  CHECK(sampling_exp_le0(-INFINITY) == 0.0);
+}
+
 static void test_strided_and_threads(void) {
   /* (V,B) transposed to a (B,V) view */
   const int64_t B = 8, V = 5000; /* B*V over the parallel threshold */
@@ -250,9 +289,11 @@ static void test_errors(void) {
                      "sample_logits: temperature must be a finite number >= 0 (0 is greedy), got -1");
   CHECK_SAMPLE_FAILS(sample(ok, NAN, 0, 1, u, ids, lps),
                      "sample_logits: temperature must be a finite number >= 0 (0 is greedy), got nan");
-  CHECK_SAMPLE_FAILS(sample(ok, 1, -2, 1, u, ids, lps), "sample_logits: top_k must be an integer >= 0 (0 is off), got -2");
+  CHECK_SAMPLE_FAILS(sample(ok, 1, -2, 1, u, ids, lps),
+                     "sample_logits: top_k must be an integer >= 0 (0 is off), got -2");
   CHECK_SAMPLE_FAILS(sample(ok, 1, 0, 0, u, ids, lps), "sample_logits: top_p must be in (0, 1] (1 is off), got 0");
-  CHECK_SAMPLE_FAILS(sample(ok, 1, 0, 1, NULL, ids, lps), "sample_logits: sampling needs one uniform per row, got none");
+  CHECK_SAMPLE_FAILS(sample(ok, 1, 0, 1, NULL, ids, lps),
+                     "sample_logits: sampling needs one uniform per row, got none");
   CHECK_SAMPLE_FAILS(sample(ok, 1, 0, 1, (double[]){0.5, 1.0}, ids, lps),
                      "sample_logits: uniform 1 for row 2 is not in [0, 1)");
   /* -inf entries alone are fine: they are never chosen */
@@ -275,6 +316,7 @@ int main(void) {
   RUN(test_worked_by_hand);
   RUN(test_against_brute_force);
   RUN(test_grid_distribution);
+  RUN(test_exp);
   RUN(test_strided_and_threads);
   RUN(test_errors);
   DONE();
