@@ -30,7 +30,7 @@ P.default_data = here .. "/examples/default/data"
 
 local common = {
   model = P.default_model, data = P.default_data .. "/pairs_train.jsonl",
-  eval_data = P.default_data .. "/pairs_eval.jsonl", batch_size = 16, lr = 5e-4,
+  eval_data = P.default_data .. "/pairs_eval.jsonl", batch_size = 16, lr = 1e-4,
   max_length = 192, max_prompt_length = 64, threads = 2, cache_dir = ".cache/reflogps",
   report = true, out = "runs/preference", max_steps = 120, log_every = 10, eval_every = 40,
   weight_decay = 0.0, warmup_steps = 10,
