@@ -78,6 +78,10 @@ static inline size_t dtype_size(eng_dtype dt) { return dt == ENG_DTYPE_F64 ? 8 :
 /* new contiguous tensor of dt and shape; NULL with an error on bad shape */
 eng_tensor *tensor_new(eng_dtype dt, int ndim, const int64_t *shape);
 eng_tensor *tensor_new_like(const eng_tensor *t);
+/* a contiguous copy of t outside autodiff (always a new tensor) */
+eng_tensor *plain_copy(eng_tensor *t);
+/* t made contiguous outside autodiff (t itself retained when it is) */
+eng_tensor *contiguous_nograd(eng_tensor *t);
 /* a view: shares x's storage with the given layout */
 eng_tensor *tensor_view(eng_tensor *x, int ndim, const int64_t *shape,
                         const int64_t *stride, int64_t offset);

@@ -225,3 +225,12 @@ eng_tensor *eng_to_dtype(eng_tensor *x, eng_dtype dt) {
   if (out) node_attach(out, "to_dtype", identity_backward, 1, &x);
   return out;
 }
+
+eng_tensor *plain_copy(eng_tensor *t) { return copy_as(t, t->dtype); }
+
+eng_tensor *contiguous_nograd(eng_tensor *t) {
+  bool prev = eng_set_grad_enabled(false);
+  eng_tensor *c = eng_contiguous(t);
+  eng_set_grad_enabled(prev);
+  return c;
+}

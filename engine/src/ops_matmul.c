@@ -191,15 +191,6 @@ static int matmul_run(eng_dtype dt, const operand *A, const operand *B, int nbo,
   return 0;
 }
 
-/* contiguous copy outside autodiff (for operands BLAS cannot read) */
-static eng_tensor *plain_copy(eng_tensor *t) {
-  eng_tensor *c = tensor_new_like(t);
-  if (c && eng_copy_(c, t)) {
-    eng_tensor_release(c);
-    return NULL;
-  }
-  return c;
-}
 
 /* ---- backward helpers: views (view_fold copies only when it must) ------- */
 

@@ -21,15 +21,6 @@
 /* parameter-gradient loops split the columns into blocks of this many */
 #define COL_BLOCK 64
 
-/* contiguous copy outside autodiff */
-static eng_tensor *plain_copy(eng_tensor *t) {
-  eng_tensor *c = tensor_new_like(t);
-  if (c && eng_copy_(c, t)) {
-    eng_tensor_release(c);
-    return NULL;
-  }
-  return c;
-}
 
 /* ---- rows of the last dim, read in place ----------------------------------
  * x (..., C) with a unit-stride last dim: row r starts at base + off[r]

@@ -559,13 +559,6 @@ fail:
 LSE_KERNELS(f32, float)
 LSE_KERNELS(f64, double)
 
-/* x made contiguous, outside autodiff (x itself retained when it is) */
-static eng_tensor *contiguous_nograd(eng_tensor *x) {
-  bool prev = eng_set_grad_enabled(false);
-  eng_tensor *c = eng_contiguous(x);
-  eng_set_grad_enabled(prev);
-  return c;
-}
 
 /* iparams[0]: d; saved[0]: x contiguous, saved[1]: the output */
 static int lse_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {

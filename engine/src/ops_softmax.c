@@ -152,13 +152,6 @@
 SOFTMAX_KERNELS(f32, float)
 SOFTMAX_KERNELS(f64, double)
 
-/* x made contiguous, outside autodiff (x itself retained when it is) */
-static eng_tensor *contiguous_nograd(eng_tensor *x) {
-  bool prev = eng_set_grad_enabled(false);
-  eng_tensor *c = eng_contiguous(x);
-  eng_set_grad_enabled(prev);
-  return c;
-}
 
 /* dim -> d; a 0-dim x is one run of one element (d = -1) */
 static int resolve(const char *op, const eng_tensor *x, int dim, int *d) {
