@@ -56,6 +56,7 @@ local expected = {
     end) + nll()
   end,
   slic = function(c) return mean(function(i) return math.max(0, c.delta - Sw[i] + Sl[i]) end) + c.lambda * nll() end,
+  rrhf = function(c) return mean(function(i) return math.max(0, Sl[i] / Nl[i] - Sw[i] / Nw[i]) end) + c.lambda * nll() end,
 }
 
 local configs = {
@@ -66,6 +67,7 @@ local configs = {
   cpo = { beta = 0.1, lambda = 0.7 },
   orpo = { lambda = 0.25 },
   slic = { delta = 3.0, lambda = 0.4 },
+  rrhf = { lambda = 0.6 },
 }
 
 describe("preference recipe losses", function()
@@ -98,6 +100,57 @@ describe("preference recipe losses", function()
     local ok, report = E.gradcheck(function(x)
       return (sft.loss({ token_logps = x, mask = E.tensor(mask, "float64") }, {}))
     end, { E.tensor(lp, "float64"):requires_grad(true) })
+    assert.is_true(ok, report)
+  end)
+
+  it("rrhf's K-wise ranking term sums the hinge over every ranked pair", function()
+    local rrhf = recipe("rrhf")
+    local A = { { -1.0, -2.0, -0.5, -3.0 }, { -0.2, -0.4, -0.4, -0.1 } }
+    local ranks = { { 1, 2, 3, 4 }, { 2, 1, 1, 4 } }
+    local want = 0
+    for b = 1, 2 do
+      for i = 1, 4 do
+        for j = 1, 4 do
+          if ranks[b][i] < ranks[b][j] then want = want + math.max(0, A[b][j] - A[b][i]) end
+        end
+      end
+    end
+    want = want / 2 + 0.5 * 1.25
+    local L = rrhf.ranking_loss(E.tensor(A, "float64"), E.tensor(ranks), E.tensor(1.25, "float64"), { lambda = 0.5 })
+    assert.is_true(math.abs(L:item() - want) < 1e-12)
+    local ok, report = E.gradcheck(function(s)
+      return (rrhf.ranking_loss(s, E.tensor(ranks), E.tensor(0.0, "float64"), { lambda = 0.5 }))
+    end, { E.tensor(A, "float64"):requires_grad(true) })
+    assert.is_true(ok, report)
+  end)
+
+  it("kto matches its formula, and z0 passes no gradient", function()
+    local kto = recipe("kto")
+    local S, R, lab = { -5, -6, -7, -4 }, { -5.5, -5, -7.5, -4.25 }, { 1, 0, 1, 0 }
+    local KS, KR = { -9, -8, -7, -6 }, { -9.5, -8.2, -7.3, -6.4 }
+    local c = { beta = 0.5, desirable_weight = 1.0, undesirable_weight = 2.0 }
+    local z0 = 0
+    for i = 1, 4 do z0 = z0 + (KS[i] - KR[i]) / 4 end
+    z0 = math.max(0, z0)
+    local function sig(x) return 1 / (1 + math.exp(-x)) end
+    local want = 0
+    for i = 1, 4 do
+      local r = S[i] - R[i]
+      want = want + (lab[i] == 1 and c.desirable_weight * (1 - sig(c.beta * (r - z0)))
+        or c.undesirable_weight * (1 - sig(c.beta * (z0 - r)))) / 4
+    end
+    local function b64(ps, kps)
+      return { policy_logps = ps, reference_logps = E.tensor(R, "float64"), labels = E.tensor(lab, "float64"),
+        kl_policy_logps = kps, kl_reference_logps = E.tensor(KR, "float64") }
+    end
+    local ps, kps = E.tensor(S, "float64"):requires_grad(true), E.tensor(KS, "float64"):requires_grad(true)
+    local L, m = kto.loss(b64(ps, kps), c)
+    assert.is_true(math.abs(L:item() - want) < 1e-12)
+    assert.is_true(math.abs(m.kl - z0) < 1e-12)
+    L:backward()
+    assert.is_nil(kps.grad) -- z0 is detached
+    local ok, report = E.gradcheck(function(p) return (kto.loss(b64(p, E.tensor(KS, "float64")), c)) end,
+      { E.tensor(S, "float64"):requires_grad(true) })
     assert.is_true(ok, report)
   end)
 
