@@ -154,6 +154,32 @@ describe("preference recipe losses", function()
     assert.is_true(ok, report)
   end)
 
+  it("reward is InstructGPT's K-wise ranking loss, ties skipped", function()
+    local reward = recipe("reward")
+    local r = { { 1.0, -0.5, 0.25, 2.0 }, { 0.1, 0.1, -1.0, 0.3 } }
+    local ranks = { { 1, 3, 2, 4 }, { 1, 1, 3, 2 } }
+    local function logsig(x) return x < 0 and x - math.log(1 + math.exp(x)) or -math.log(1 + math.exp(-x)) end
+    local want, right, pairs = 0, 0, 0
+    for p = 1, 2 do
+      local s, n = 0, 0
+      for i = 1, 4 do
+        for j = 1, 4 do
+          if ranks[p][i] < ranks[p][j] then
+            s, n = s - logsig(r[p][i] - r[p][j]), n + 1
+            right, pairs = right + (r[p][i] > r[p][j] and 1 or 0), pairs + 1
+          end
+        end
+      end
+      want = want + s / n / 2
+    end
+    local L, m = reward.loss({ rewards = E.tensor(r, "float64"), ranks = ranks }, {})
+    assert.is_true(math.abs(L:item() - want) < 1e-12)
+    assert.equals(right / pairs, m.accuracy)
+    local ok, report = E.gradcheck(function(x) return (reward.loss({ rewards = x, ranks = ranks }, {})) end,
+      { E.tensor(r, "float64"):requires_grad(true) })
+    assert.is_true(ok, report)
+  end)
+
   it("dpo at π = π_ref is log 2 for any β, in all three forms' sigmoid case", function()
     local dpo = recipe("dpo")
     for _, beta in ipairs({ 0.01, 0.1, 1, 10 }) do

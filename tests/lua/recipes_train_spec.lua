@@ -10,7 +10,7 @@ local BIN = H.quote(H.engine_bin)
 local dir = H.tmpdir()
 
 local function run(recipe, extra)
-  local data = recipe == "sft" and "sft.jsonl" or recipe == "kto" and "unpaired.jsonl" or "pairs.jsonl"
+  local data = ({ sft = "sft.jsonl", kto = "unpaired.jsonl", reward = "rankings.jsonl" })[recipe] or "pairs.jsonl"
   local out = dir .. "/" .. recipe
   local cmd = string.format("%s %s --max_steps=2 --batch_size=4 --log_every=1 --eval_data= --report=false " ..
     "--threads=1 --data=%s --out=%s --cache_dir=%s %s",
@@ -21,7 +21,7 @@ local function run(recipe, extra)
 end
 
 describe("recipes train", function()
-  for _, name in ipairs({ "sft", "dpo", "ipo", "rdpo", "simpo", "cpo", "orpo", "slic", "rrhf", "kto" }) do
+  for _, name in ipairs({ "sft", "dpo", "ipo", "rdpo", "simpo", "cpo", "orpo", "slic", "rrhf", "kto", "reward" }) do
     it(name .. " runs two steps on the default model", function()
       local status, stdout, stderr, out = run(name)
       assert.equals(0, status, stderr)
@@ -30,7 +30,8 @@ describe("recipes train", function()
       assert.is_number(rows[2].loss)
       assert.is_true(H.exists(out .. "/final/model.safetensors"))
       assert.is_true(H.exists(out .. "/final/tokenizer.json"))
-      if name ~= "sft" then assert.is_number(rows[2]["rewards/accuracies"]) end
+      if name == "reward" then assert.is_number(rows[2].accuracy)
+      elseif name ~= "sft" then assert.is_number(rows[2]["rewards/accuracies"]) end
       if name == "kto" then assert.is_number(rows[2].kl) end
       if name == "dpo" then assert.matches("reference log%-probs: computed and cached", stdout) end
     end)
