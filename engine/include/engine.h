@@ -218,6 +218,9 @@ typedef struct {
 } eng_memory_stats;
 void eng_memory_get_stats(eng_memory_stats *s);
 void eng_memory_trim(void); /* return the cached blocks to the system */
+/* the cache of freed blocks holds at most max(floor, peak bytes in use);
+ * reaching it, it is emptied (default floor 256 MiB) */
+void eng_memory_set_cache_floor(size_t bytes);
 
 /* ---- gradient check --------------------------------------------------- */
 /* fn builds a scalar from inputs (with grad on). Compares the analytic

@@ -4,8 +4,11 @@
  * again, so a training loop that allocates the same activations every step
  * stops faulting in fresh pages after its first step. Classes are exact
  * multiples of 64 bytes below 64 KiB and quarter-power-of-two steps above,
- * so a block wastes at most ~19%. Nothing is returned to the system until
- * eng_memory_trim(). Thread-safe through one mutex (allocation is per op,
+ * so a block wastes at most ~19%. The cache never holds more than the peak
+ * of live bytes (at least 256 MiB, eng_memory_set_cache_floor): batches of ever-changing shapes would
+ * otherwise fill it with blocks of sizes that never come back. Reaching
+ * that, the cache is emptied back to the system and starts again (a loop of
+ * fixed shapes never gets there); eng_memory_trim() empties it on demand. Thread-safe through one mutex (allocation is per op,
  * not per element). */
 #include "internal.h"
 
@@ -73,6 +76,15 @@ void *pool_alloc(size_t nbytes) {
   return p;
 }
 
+static void drain_all_locked(void);
+static size_t cache_floor = (size_t)256 << 20;
+
+void eng_memory_set_cache_floor(size_t bytes) {
+  pthread_mutex_lock(&pool_lock);
+  cache_floor = bytes;
+  pthread_mutex_unlock(&pool_lock);
+}
+
 void pool_free(void *p, size_t nbytes) {
   if (!p) return;
   size_t rounded;
@@ -80,6 +92,8 @@ void pool_free(void *p, size_t nbytes) {
   block **list = class_list(c);
   pthread_mutex_lock(&pool_lock);
   stats.bytes_in_use -= rounded;
+  size_t limit = stats.peak_in_use > cache_floor ? stats.peak_in_use : cache_floor;
+  if (list && stats.bytes_cached + rounded > limit) drain_all_locked();
   if (list) {
     block *b = p;
     b->next = *list;
@@ -104,11 +118,15 @@ static void drain(block **list) {
   }
 }
 
-void eng_memory_trim(void) {
-  pthread_mutex_lock(&pool_lock);
+static void drain_all_locked(void) {
   for (int i = 0; i < NCLASSES; i++) drain(&free_lists[i]);
   for (int i = 0; i < NBIG; i++) drain(&big_lists[i]);
   stats.bytes_cached = 0;
+}
+
+void eng_memory_trim(void) {
+  pthread_mutex_lock(&pool_lock);
+  drain_all_locked();
   pthread_mutex_unlock(&pool_lock);
 }
 

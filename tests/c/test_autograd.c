@@ -114,6 +114,30 @@ static void test_pool_reuse(void) {
   eng_tensor_release(w);
 }
 
+static void test_pool_cache_bound(void) {
+  /* blocks of ever larger size classes freed in turn (their sum far above
+   * the peak in use): the cache stays within max(peak in use, floor) */
+  eng_memory_trim();
+  eng_memory_set_cache_floor(1 << 20);
+  eng_memory_stats s;
+  size_t total = 0;
+  for (int i = 0; i < 40; i++) {
+    int64_t n[] = {(int64_t)(65536 + 65536 * i)}; /* 256 KiB .. 10 MiB: distinct classes */
+    eng_tensor *t = eng_empty(ENG_DTYPE_F32, 1, n);
+    total += (size_t)n[0] * 4;
+    eng_tensor_release(t);
+  }
+  eng_memory_get_stats(&s);
+  size_t limit = s.peak_in_use > ((size_t)1 << 20) ? s.peak_in_use : ((size_t)1 << 20);
+  CHECK(total > 2 * limit);
+  CHECK(s.bytes_cached <= limit);
+  CHECK(s.bytes_cached > 0);
+  eng_memory_set_cache_floor((size_t)256 << 20);
+  eng_memory_trim();
+  eng_memory_get_stats(&s);
+  CHECK(s.bytes_cached == 0);
+}
+
 static void test_rng_stream(void) {
   /* xoshiro256** seeded by splitmix64(42): values from an independent
    * Python implementation of the published algorithms */
@@ -172,6 +196,7 @@ int main(void) {
   RUN(test_no_grad_and_detach);
   RUN(test_grad_into_flat_block);
   RUN(test_pool_reuse);
+  RUN(test_pool_cache_bound);
   RUN(test_rng_stream);
   DONE();
 }
