@@ -1,7 +1,10 @@
 -- recipes/ipo.lua — Identity Preference Optimisation (Azar et al. 2023, Eq. 17),
 -- with the length-normalised log-ratios of the SimPO paper's baseline table:
 --   h̄ = (S_w - R_w)/|y_w| - (S_l - R_l)/|y_l|,   L = (h̄ - 1/(2β))²
---   engine recipes/ipo.lua [--beta=0.1]
+-- h̄ is a per-token log-ratio, so the target 1/(2β) is per token: β = 1
+-- (a margin of 0.5 nats a token) suits the default task, where β = 0.1
+-- drove the policy far from the reference (KL 384) for a worse judge score.
+--   engine recipes/ipo.lua [--beta=1.0]
 local P = require("engine.preference")
 
 local function loss(b, cfg)
@@ -14,7 +17,7 @@ end
 return {
   name = "ipo",
   description = "Identity Preference Optimisation (Azar et al. 2023)",
-  defaults = P.defaults { beta = 0.1, out = "runs/ipo" },
+  defaults = P.defaults { beta = 1.0, out = "runs/ipo" },
   docs = P.docs { beta = "β: the target margin is 1/(2β)" },
   loss = loss,
   train = function(cfg) return P.train(cfg, loss, { reference = true }) end,
