@@ -52,18 +52,7 @@ local function run(cfg)
     return loss({ rewards = r:reshape({ K, B }):transpose(1, 2), ranks = batch.ranks }, cfg)
   end
   local evaluate
-  if cfg.eval_data ~= "" then
-    local el = E.data.Loader(items(cfg.eval_data), { batch_size = cfg.batch_size, shuffle = false, group_by_length = false })
-    evaluate = function()
-      local acc = { loss = 0, accuracy = 0, margin = 0 }
-      local n = el:num_batches()
-      for _ = 1, n do
-        local L, m = batch_loss(el:next())
-        acc.loss, acc.accuracy, acc.margin = acc.loss + L:item() / n, acc.accuracy + m.accuracy / n, acc.margin + m.margin / n
-      end
-      return acc
-    end
-  end
+  if cfg.eval_data ~= "" then evaluate = P.evaluator(items(cfg.eval_data), cfg, batch_loss) end
   return train.fit {
     cfg = cfg, model = model, evaluate = evaluate,
     loader = E.data.Loader(items(cfg.data), { batch_size = cfg.batch_size, seed = cfg.seed }),

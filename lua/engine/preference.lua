@@ -170,6 +170,25 @@ function P.reward_metrics(b, chosen, rejected)
   }
 end
 
+-- P.evaluator(items, cfg, fn) -> a function returning the metrics of fn(batch)
+-- (loss tensor, metrics table) over all of items in fixed order, each
+-- averaged with the batches' sizes as weights; "loss" is the loss's value
+function P.evaluator(items, cfg, fn)
+  local loader = E.data.Loader(items, { batch_size = cfg.batch_size, shuffle = false, group_by_length = false })
+  return function()
+    local sums, n = {}, 0
+    for _ = 1, loader:num_batches() do
+      local batch = loader:next()
+      local L, m = fn(batch)
+      m.loss = L:item()
+      for k, v in pairs(m) do sums[k] = (sums[k] or 0) + v * batch.size end
+      n = n + batch.size
+    end
+    for k, v in pairs(sums) do sums[k] = v / n end
+    return sums
+  end
+end
+
 -- P.train(cfg, loss, {reference = bool, name = recipe name}) -> result of train.fit
 function P.train(cfg, loss, opts)
   opts = opts or {}
@@ -205,19 +224,9 @@ function P.train(cfg, loss, opts)
     total_steps = cfg.max_steps, lr = cfg.lr }
   local evaluate
   if eval_items then
-    local eval_loader = E.data.Loader(eval_items, { batch_size = cfg.batch_size, shuffle = false, group_by_length = false })
-    evaluate = function()
-      local sums, n = {}, 0
-      for _ = 1, eval_loader:num_batches() do
-        local batch = eval_loader:next()
-        local L, m = loss(loss_batch(model, batch, eref_w, eref_l), cfg)
-        m.loss = L:item()
-        for k, v in pairs(m) do sums[k] = (sums[k] or 0) + v * batch.size end
-        n = n + batch.size
-      end
-      for k, v in pairs(sums) do sums[k] = v / n end
-      return sums
-    end
+    evaluate = P.evaluator(eval_items, cfg, function(batch)
+      return loss(loss_batch(model, batch, eref_w, eref_l), cfg)
+    end)
   end
   local result = train.fit {
     cfg = cfg, model = model, optimizer = opt, schedule = schedule, loader = loader, evaluate = evaluate,

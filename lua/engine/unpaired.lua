@@ -92,19 +92,9 @@ function U.train(cfg, loss)
   local evaluate
   if cfg.eval_data ~= "" then
     local e_items, e_kl, e_ref, e_klref = load(cfg.eval_data)
-    local el = E.data.Loader(e_items, { batch_size = cfg.batch_size, shuffle = false, group_by_length = false })
-    evaluate = function()
-      local acc, n = {}, 0
-      for _ = 1, el:num_batches() do
-        local batch = el:next()
-        local L, m = loss(loss_batch(e_items, e_kl, e_ref, e_klref, batch), cfg)
-        m.loss = L:item()
-        for k, v in pairs(m) do acc[k] = (acc[k] or 0) + v * batch.size end
-        n = n + batch.size
-      end
-      for k, v in pairs(acc) do acc[k] = v / n end
-      return acc
-    end
+    evaluate = P.evaluator(e_items, cfg, function(batch)
+      return loss(loss_batch(e_items, e_kl, e_ref, e_klref, batch), cfg)
+    end)
   end
   return train.fit {
     cfg = cfg, model = model, evaluate = evaluate,
