@@ -53,10 +53,19 @@ local function run(cfg)
   end
   local evaluate
   if cfg.eval_data ~= "" then evaluate = P.evaluator(items(cfg.eval_data), cfg, batch_loss) end
+  local params = P.trainable(model, cfg)
+  if cfg.lora_rank > 0 then -- the fresh head trains with the adapters
+    for _, p in ipairs(model:parameters()) do
+      if p.name:match("^score%.") then
+        p.tensor:requires_grad(true)
+        params[#params + 1] = p
+      end
+    end
+  end
   return train.fit {
     cfg = cfg, model = model, evaluate = evaluate,
     loader = E.data.Loader(items(cfg.data), { batch_size = cfg.batch_size, seed = cfg.seed }),
-    optimizer = E.optim.AdamW(model:parameters(), { lr = cfg.lr, weight_decay = cfg.weight_decay }),
+    optimizer = E.optim.AdamW(params, { lr = cfg.lr, weight_decay = cfg.weight_decay }),
     schedule = E.optim.schedule { kind = "linear", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
       total_steps = cfg.max_steps, lr = cfg.lr },
     loss = function(batch)

@@ -42,7 +42,7 @@ local function run(cfg)
   end
   return train.fit {
     cfg = cfg, model = model, loader = E.data.Loader(items, { batch_size = cfg.batch_size, seed = cfg.seed }),
-    optimizer = E.optim.AdamW(model:parameters(), { lr = cfg.lr, weight_decay = cfg.weight_decay }),
+    optimizer = E.optim.AdamW(P.trainable(model, cfg), { lr = cfg.lr, weight_decay = cfg.weight_decay }),
     schedule = E.optim.schedule { kind = "cosine", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
       total_steps = cfg.max_steps, lr = cfg.lr, min_lr = cfg.lr * 0.1 },
     loss = batch_loss, evaluate = evaluate,

@@ -33,7 +33,7 @@ local common = {
   eval_data = P.default_data .. "/pairs_eval.jsonl", batch_size = 16, lr = 1e-4,
   max_length = 192, max_prompt_length = 64, threads = 2, cache_dir = ".cache/reflogps",
   report = true, out = "runs/preference", max_steps = 120, log_every = 10, eval_every = 40,
-  weight_decay = 0.0, warmup_steps = 10,
+  weight_decay = 0.0, warmup_steps = 10, lora_rank = 0, lora_alpha = 16,
 }
 local common_docs = {
   model = "the policy's model directory (also the reference)",
@@ -44,6 +44,8 @@ local common_docs = {
   threads = "threads for the engine and OpenBLAS", cache_dir = "where reference log-probs are cached",
   report = "judge greedy completions and measure the KL to the start, before and after",
   weight_decay = "AdamW weight decay", warmup_steps = "linear warm-up steps",
+  lora_rank = "train LoRA adapters of this rank on the attention projections instead of all weights (0 = off)",
+  lora_alpha = "LoRA's α (the adapters are scaled by α/rank)",
 }
 
 function P.defaults(own)
@@ -170,6 +172,16 @@ function P.reward_metrics(b, chosen, rejected)
   }
 end
 
+-- the parameters the optimizer trains: all of them, or with cfg.lora_rank > 0
+-- LoRA adapters on the attention projections (zero-initialised B, so the
+-- policy starts as the model itself and the cached reference still holds)
+function P.trainable(model, cfg)
+  if (cfg.lora_rank or 0) <= 0 then return model:parameters() end
+  local targets = model.config.model_type == "gpt2" and { "c_attn" } or { "q_proj", "v_proj" }
+  E.lora.apply(model, { rank = cfg.lora_rank, alpha = cfg.lora_alpha, targets = targets, seed = cfg.seed })
+  return E.lora.parameters(model)
+end
+
 -- P.evaluator(items, cfg, fn) -> a function returning the metrics of fn(batch)
 -- (loss tensor, metrics table) over all of items in fixed order, each
 -- averaged with the batches' sizes as weights; "loss" is the loss's value
@@ -219,7 +231,7 @@ function P.train(cfg, loss, opts)
     before = { E.no_grad(report, model, start, tok, prompts, cfg.seed) }
   end
   local loader = E.data.Loader(items, { batch_size = cfg.batch_size, seed = cfg.seed })
-  local opt = E.optim.AdamW(model:parameters(), { lr = cfg.lr, weight_decay = cfg.weight_decay })
+  local opt = E.optim.AdamW(P.trainable(model, cfg), { lr = cfg.lr, weight_decay = cfg.weight_decay })
   local schedule = E.optim.schedule { kind = "linear", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
     total_steps = cfg.max_steps, lr = cfg.lr }
   local evaluate

@@ -99,7 +99,7 @@ function U.train(cfg, loss)
   return train.fit {
     cfg = cfg, model = model, evaluate = evaluate,
     loader = E.data.Loader(items, { batch_size = cfg.batch_size, seed = cfg.seed }),
-    optimizer = E.optim.AdamW(model:parameters(), { lr = cfg.lr, weight_decay = cfg.weight_decay }),
+    optimizer = E.optim.AdamW(P.trainable(model, cfg), { lr = cfg.lr, weight_decay = cfg.weight_decay }),
     schedule = E.optim.schedule { kind = "linear", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
       total_steps = cfg.max_steps, lr = cfg.lr },
     loss = function(batch)

@@ -37,6 +37,17 @@ describe("recipes train", function()
     end)
   end
 
+  it("dpo --lora_rank trains adapters only and leaves the base weights as they were", function()
+    local E = require("engine")
+    local status, _, stderr, out = run("dpo", "--lora_rank=4 --seed=2 --out=" .. H.quote(dir .. "/lora"))
+    assert.equals(0, status, stderr)
+    out = dir .. "/lora"
+    assert.is_true(H.exists(out .. "/final/adapter_model.safetensors"))
+    local base = E.safetensors.load(H.repo .. "/examples/default/model/model.safetensors")
+    local after = E.safetensors.load(out .. "/final/model.safetensors")
+    for name, t in pairs(base) do assert.equals(E.hash(t), E.hash(after[name]), name) end
+  end)
+
   it("dpo reuses the cached reference log-probs", function()
     local status, stdout, stderr = run("dpo", "--seed=1")
     assert.equals(0, status, stderr)
