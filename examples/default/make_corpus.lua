@@ -1,7 +1,7 @@
 -- examples/default/make_corpus.lua — writes the bundled default task's
 -- corpus of generated reviews (lua/engine/tasks/reviews.lua) to a file:
 --
---   build/engine examples/default/make_corpus.lua [--n=20000] [--seed=1] [--out=PATH] [--format=txt|jsonl]
+--   build/engine examples/default/make_corpus.lua [--n=20000] [--seed=1] [--out=PATH] [--format=txt|jsonl|text]
 --   lua5.4 examples/default/make_corpus.lua ...            (the same; no engine needed)
 --
 --   --n       how many reviews (default 20000, about 2 MB)
@@ -11,6 +11,9 @@
 --                  ("Review of the Nova blender: The motor is great. ...")
 --             jsonl: one {"prompt": ..., "completion": ...} object per line, the
 --                  completion starting with a space (the SFT data format)
+--             text: one {"text": prompt .. completion} object per line (the
+--                  pretraining mix of recipes/ppo_ptx.lua: data/pretrain.jsonl
+--                  is --n=2000 --seed=11 --format=text)
 --             (default: jsonl when --out ends in .jsonl, else txt)
 --
 -- It prints one line: how many reviews, bytes and distinct words it wrote.
@@ -20,7 +23,7 @@ local script_dir = (arg and arg[0] or ""):match("^(.*)[/\\][^/\\]*$") or "."
 package.path = script_dir .. "/../../lua/?.lua;" .. package.path
 local reviews = require("engine.tasks.reviews")
 
-local USAGE = "usage: make_corpus.lua [--n=20000] [--seed=1] [--out=PATH] [--format=txt|jsonl]"
+local USAGE = "usage: make_corpus.lua [--n=20000] [--seed=1] [--out=PATH] [--format=txt|jsonl|text]"
 
 local function fail(msg)
   io.stderr:write("make_corpus.lua: ", msg, "\n")
@@ -45,7 +48,7 @@ for i = 1, #arg do
   elseif k == "out" then
     opts.out = v
   elseif k == "format" then
-    if v ~= "txt" and v ~= "jsonl" then fail("--format must be txt or jsonl, got '" .. v .. "'") end
+    if v ~= "txt" and v ~= "jsonl" and v ~= "text" then fail("--format must be txt, jsonl or text, got '" .. v .. "'") end
     opts.format = v
   else
     fail("unknown option --" .. k .. "\n" .. USAGE)
@@ -65,7 +68,9 @@ end
 local recs = reviews.generate(opts.n, { seed = opts.seed })
 local lines = {}
 for i, r in ipairs(recs) do
-  if format == "jsonl" then
+  if format == "text" then
+    lines[i] = '{"text": ' .. json_string(r.prompt .. r.completion) .. "}\n"
+  elseif format == "jsonl" then
     lines[i] = '{"prompt": ' .. json_string(r.prompt) .. ', "completion": ' .. json_string(r.completion) .. "}\n"
   else
     lines[i] = r.prompt .. r.completion .. "\n"
