@@ -10,6 +10,32 @@
 #define GELU_C 0.7978845608028654 /* sqrt(2/pi) */
 #define GELU_K 0.044715
 
+/* exp for float32 in a form the compiler vectorises (libm's expf is a call
+ * per element): 2^n p(r) with n = round(x / ln 2), r = x - n ln 2 split in
+ * two parts, p the degree-6 Taylor polynomial (|r| <= ln2/2: within ~2 ulp
+ * of expf). x is clamped to the range where the result is a normal float. */
+static inline float exp_f32_vec(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float n = rintf(x * 1.4426950408889634f);
+  float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.6666667e-1f + r * (4.1666668e-2f +
+            r * (8.3333338e-3f + r * 1.3888889e-3f)))));
+  int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+/* tanh(u) = sign(u) (1 - 2 / (exp(2|u|) + 1)); absolute error < 1e-7; 1
+ * past |u| = 9.1, where tanh rounds to 1 in float32 */
+static inline float tanh_f32_vec(float u) {
+  float a = fabsf(u);
+  float t = a > 9.1f ? 1.0f : 1.0f - 2.0f / (exp_f32_vec(2.0f * (a > 9.1f ? 9.1f : a)) + 1.0f);
+  return u < 0 ? -t : t;
+}
+static inline double tanh_f64(double u) { return tanh(u); }
+/* the tanh of the GELU and SiLU kernels: vectorised for float, libm's for double */
+#define TANH_VEC(u) _Generic((u), float: tanh_f32_vec, default: tanh_f64)(u)
+
 /* ---- kernel generators ----------------------------------------------------
  * Operands: p[0] out, p[1] a, p[2] b (binary) / p[1] x (unary). */
 #define BIN_KERNEL(NAME, TY, EXPR)                                              \
@@ -59,6 +85,14 @@
     (void)prm;                                                                 \
     T *o = (T *)p[0];                                                          \
     const T *G = (const T *)p[1], *X = (const T *)p[2], *Y = (const T *)p[3];  \
+    if (s[0] == 1 && s[1] == 1 && s[2] == 1 && s[3] == 1) {                    \
+      for (int64_t i = 0; i < n; i++) {                                        \
+        T g = G[i], x = X[i], y = Y[i];                                        \
+        (void)x; (void)y;                                                      \
+        o[i] = (EXPR);                                                         \
+      }                                                                        \
+      return;                                                                  \
+    }                                                                          \
     for (int64_t i = 0; i < n; i++) {                                          \
       T g = G[i * s[1]], x = X[i * s[2]], y = Y[i * s[3]];                     \
       (void)x; (void)y;                                                        \
@@ -92,7 +126,7 @@ BOTH(UN_KERNEL, k_relu, x > 0 ? x : (T)0)
 BOTH(UN_KERNEL, k_tanh, tanh(x))
 BOTH(UN_KERNEL, k_sqrt, sqrt(x))
 BOTH(UN_KERNEL, k_abs, fabs(x))
-BOTH(UN_KERNEL, k_gelu, (T)0.5 * x * (1 + tanh((T)GELU_C * (x + (T)GELU_K * x * x * x))))
+BOTH(UN_KERNEL, k_gelu, (T)0.5 * x * (1 + TANH_VEC((T)GELU_C * (x + (T)GELU_K * x * x * x))))
 BOTH(UN_KERNEL, k_silu, x >= 0 ? x / (1 + exp(-x)) : x * exp(x) / (1 + exp(x)))
 BOTH(UN_KERNEL, k_clamp, x < (T)prm[0] ? (T)prm[0] : (x > (T)prm[1] ? (T)prm[1] : x))
 
@@ -108,8 +142,8 @@ BOTH(UNB_KERNEL, kb_sqrt, g * (T)0.5 / y)
 BOTH(UNB_KERNEL, kb_abs, x > 0 ? g : (x < 0 ? -g : (T)0))
 /* d/dx 0.5x(1+tanh u) = 0.5(1+t) + 0.5x(1-t^2)·c(1+3k x^2), u = c(x+k x^3) */
 BOTH(UNB_KERNEL, kb_gelu,
-     g * ((T)0.5 * (1 + tanh((T)GELU_C * (x + (T)GELU_K * x * x * x))) +
-          (T)0.5 * x * (1 - tanh((T)GELU_C * (x + (T)GELU_K * x * x * x)) * tanh((T)GELU_C * (x + (T)GELU_K * x * x * x))) *
+     g * ((T)0.5 * (1 + TANH_VEC((T)GELU_C * (x + (T)GELU_K * x * x * x))) +
+          (T)0.5 * x * (1 - TANH_VEC((T)GELU_C * (x + (T)GELU_K * x * x * x)) * TANH_VEC((T)GELU_C * (x + (T)GELU_K * x * x * x))) *
               (T)GELU_C * (1 + 3 * (T)GELU_K * x * x)))
 /* d/dx xσ(x) = σ(x)(1 + x(1-σ(x))) */
 BOTH(UNB_KERNEL, kb_silu,
