@@ -63,7 +63,7 @@ docs.normalize_reward = "unused here: the dense rewards are used as they are"
 return {
   name = "fine_grained",
   description = "Fine-Grained RLHF: dense segment-level rewards from several reward functions (Wu et al. 2023)",
-  defaults = defaults, docs = docs, loss = ppo.loss, segments = segments,
+  defaults = defaults, docs = docs, callables = { reward = true }, loss = ppo.loss, segments = segments,
   dense_rewards = rl.dense_rewards, token_ends = rl.token_ends, token_index = rl.token_index,
   train = train,
 }

@@ -30,6 +30,7 @@ return {
   name = "grpo",
   description = "Group Relative Policy Optimization, critic-free (Shao et al. 2024)",
   defaults = RT.defaults { group_size = 4, kl_coef = 0.04, cliprange = 0.2, ppo_epochs = 2, out = "runs/grpo" },
+  callables = { reward = true },
   docs = RT.docs { group_size = "G: responses sampled per prompt", cliprange = "ε: the ratio's clip range",
     kl_coef = "β: weight of the KL(π || π_ref) term in the loss (0: none)" },
   loss = loss, advantages = rl.grpo_advantages,

@@ -46,7 +46,7 @@ local docs = RT.docs {
 return {
   name = "ppo",
   description = "PPO with a per-token KL penalty to the SFT model (InstructGPT, Ouyang et al. 2022)",
-  defaults = defaults, docs = docs,
+  defaults = defaults, docs = docs, callables = { reward = true },
   loss = loss, advantages = advantages,
   kl_rewards = rl.kl_rewards, gae = rl.gae, whiten = rl.whiten, adaptive_kl = rl.adaptive_kl,
   train = function(cfg) return RT.train(cfg, { critic = true, advantages = advantages, loss = loss }) end,

@@ -38,7 +38,7 @@ end
 return {
   name = "ppo_ptx",
   description = "PPO-ptx: PPO plus the pretraining log-likelihood (InstructGPT, Ouyang et al. 2022)",
-  defaults = defaults, docs = docs, loss = ppo.loss,
+  defaults = defaults, docs = docs, callables = { reward = true }, loss = ppo.loss,
   kl_rewards = ppo.kl_rewards, gae = ppo.gae, whiten = ppo.whiten, adaptive_kl = ppo.adaptive_kl,
   train = train,
 }

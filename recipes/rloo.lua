@@ -28,6 +28,7 @@ return {
   name = "rloo",
   description = "REINFORCE Leave-One-Out, critic-free (Ahmadian et al. 2024)",
   defaults = RT.defaults { group_size = 4, cliprange = 0.2, ppo_epochs = 2, out = "runs/rloo" },
+  callables = { reward = true },
   docs = RT.docs { group_size = "G: responses sampled per prompt", cliprange = "ε: the ratio's clip range" },
   loss = loss, advantages = rl.rloo_advantages,
   train = function(cfg) return RT.train(cfg, { group_size = cfg.group_size, advantages = advantages, loss = loss }) end,

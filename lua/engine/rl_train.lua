@@ -61,7 +61,7 @@ local common = {
 local common_docs = {
   model = "the policy's model directory (also the reference and the critic's start)",
   data = "training prompts (JSONL: prompt)", eval_data = "held-out prompts for the report ('' for none)",
-  reward = "'judge' (the default task's judge) or a reward-model directory from recipes/reward.lua",
+  reward = "'judge' (the default task's judge), a reward-model directory from recipes/reward.lua, or (in a --config file) a function(prompts, completions) -> scores",
   max_steps = "RL iterations (rollout, then updates)", rollout_batch_size = "responses sampled per iteration",
   mini_batch_size = "responses per optimizer step", ppo_epochs = "passes over each rollout",
   max_new_tokens = "longest response in tokens", max_prompt_length = "longest prompt in tokens",

@@ -231,8 +231,10 @@ local function parse_value(key, s, default)
   usage_error("option --%s has a %s default; set it in a --config file", key, dt)
 end
 
-local function check_config_value(path, key, v, default)
-  if default == nil or type(v) == type(default) then
+-- a config file may also give a function for a key the recipe lists in its
+-- `callables` (e.g. the RL recipes' reward)
+local function check_config_value(path, key, v, default, callable)
+  if default == nil or type(v) == type(default) or (callable and type(v) == "function") then
     if math.type(default) == "integer" and math.type(v) == "float" then
       local iv = math.tointeger(v)
       if not iv then usage_error("%s: key '%s' should be an integer (the default is %s), got %s", path, key, show(default), tostring(v)) end
@@ -316,7 +318,7 @@ local function build_cfg(recipe, path, args)
         if #keys == 0 then usage_error("%s: unknown key '%s'; this recipe has no options", config, tostring(k)) end
         usage_error("%s: unknown key '%s'; did you mean '%s'?", config, tostring(k), closest(tostring(k), keys))
       end
-      cfg[k] = check_config_value(config, k, v, defaults[k])
+      cfg[k] = check_config_value(config, k, v, defaults[k], recipe.callables and recipe.callables[k])
     end
   end
   for _, fl in ipairs(flags) do

@@ -162,6 +162,29 @@ describe("RL recipes train", function()
     end
   end)
 
+  it("scores with a reward model directory or a Lua function from a --config file", function()
+    local rm = assert(E.models.load(MODEL, { value_head = { seed = 5 } }))
+    local rm_dir = dir .. "/rm"
+    rm:save(rm_dir)
+    assert(E.tokenizer.load(MODEL)):save(rm_dir)
+    local status, _, stderr, out = run("rloo", "--max_steps=1 --group_size=2 --report=false --reward=" .. H.quote(rm_dir), "rloo_rm")
+    assert.equals(0, status, stderr)
+    local rows = Metrics.read(out .. "/metrics.jsonl")
+    assert.is_true(math.abs(rows[1]["objective/scores"]) > 0)
+    local cfg = dir .. "/reward_cfg.lua"
+    local f = assert(io.open(cfg, "w"))
+    f:write("return { reward = function(prompts, completions)\n",
+      "  local s = {} for i, c in ipairs(completions) do s[i] = #c / 100 end return s end }\n")
+    f:close()
+    status, _, stderr, out = run("grpo", "--max_steps=1 --group_size=2 --report=false --config=" .. H.quote(cfg), "grpo_fn")
+    assert.equals(0, status, stderr)
+    rows = Metrics.read(out .. "/metrics.jsonl")
+    assert.is_true(rows[1]["objective/scores"] > 0 and rows[1]["objective/scores"] <= 0.16)
+    -- the mean byte length of the responses (16 tokens at most, one byte each, EOS dropped)
+    assert.is_true(math.abs(rows[1]["objective/scores"] * 100 - (rows[1]["val/mean_length"] -
+      (rows[1]["val/num_eos_tokens"] / 4))) < 1e-9)
+  end)
+
   it("refuses a rollout batch that is not a multiple of the group size", function()
     local status, _, stderr = run("grpo", "--group_size=3", "grpo_bad")
     assert.is_not.equals(0, status)
