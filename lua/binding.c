@@ -1512,6 +1512,7 @@ int luaopen_engine(lua_State *L) {
   binding_tokenizer_open(L);
   binding_optim_open(L);
   binding_sampling_open(L);
+  binding_fused_open(L);
   lua_settop(L, E);
 
   /* registered early so that the Lua side can require("engine") */

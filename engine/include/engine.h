@@ -239,5 +239,6 @@ int eng_gradcheck(eng_scalar_fn fn, void *ctx, eng_tensor **inputs, int n,
 #include "engine_optim.h"
 #include "engine_safetensors.h"
 #include "engine_tokenizer.h"
+#include "engine_fused.h"
 
 #endif

@@ -277,24 +277,24 @@ CausalLM.__call = function(self, ...) return self:forward(...) end
 -- rows of logits per chunk: about 4M logits (16 MB in float32) at a time
 M.CHUNK_LOGITS = 1 << 22
 
--- (B,T) log-probabilities of labels (label < 0 gives 0), with the head
--- applied to chunks of the kept rows only: rows whose label is < 0 (prompt,
--- padding) never reach the head. opts: those of hidden, plus chunk_rows.
--- Without grad, no more than one chunk of logits lives at a time; with
--- grad, each chunk's logits stay on the tape until backward.
+-- (B,T) log-probabilities of labels (label < 0 gives 0) through the fused
+-- head E.linear_logprobs: tiles of positions by tokens, so the (B,T,V)
+-- logits never exist, with grad or without (the backward recomputes each
+-- tile); rows whose label is < 0 (prompt, padding) never reach the head.
+-- opts: those of hidden, plus chunk_rows (positions per tile).
 function CausalLM:logprobs(ids, labels, opts)
   opts = opts or {}
   local W = self:head_weight("logprobs")
   local h = self:hidden(ids, opts)
   local s = h:shape()
-  local B, T, C = s[1], s[2], s[3]
+  local B, T = s[1], s[2]
   local V = W:shape()[1]
-  local lab
+  local lab, labt
   if E.is_tensor(labels) then
     if labels:dim() ~= 2 or labels:shape()[1] ~= B or labels:shape()[2] ~= T then
       M.fail("logprobs: labels is %s, ids is [%d,%d]: they must have the same shape", labels:shape_str(), B, T)
     end
-    lab = labels:totable()
+    lab, labt = labels:totable(), labels
   elseif type(labels) == "table" then
     local ok = #labels == B
     for b = 1, B do ok = ok and type(labels[b]) == "table" and #labels[b] == T end
@@ -303,44 +303,23 @@ function CausalLM:logprobs(ids, labels, opts)
   else
     M.fail("logprobs: labels must be a tensor or a table, got %s", type(labels))
   end
-  local N = B * T
-  local kept_rows, kept_labels, gather_idx = {}, {}, {}
+  -- the checks only (the op checks again, in C): the messages name the model's op
+  local floor, mtype = math.floor, math.type
   for b = 1, B do
+    local row = lab[b]
     for t = 1, T do
-      local l = lab[b][t]
-      if type(l) ~= "number" or l ~= math.floor(l) then
+      local l = row[t]
+      if mtype(l) ~= "integer" and (mtype(l) ~= "float" or l ~= floor(l)) then
         M.fail("logprobs: label %s at [%d,%d] is not an integer", show(l), b, t)
       end
       if l >= V then
-        M.fail("logprobs: label %d at [%d,%d] is out of range: the vocabulary has %d entries", l, b, t, V)
-      end
-      if l >= 0 then
-        kept_rows[#kept_rows + 1] = (b - 1) * T + (t - 1)
-        kept_labels[#kept_labels + 1] = l
-        gather_idx[#gather_idx + 1] = #kept_rows + 1
-      else
-        gather_idx[#gather_idx + 1] = 1
+        local li = math.tointeger(l)
+        M.fail("logprobs: label %s at [%d,%d] is out of range: the vocabulary has %d entries",
+          li and tostring(li) or string.format("%g", l), b, t, V)
       end
     end
   end
-  local K = #kept_rows
-  if K == 0 then return h:sum(3) * 0 end
-  local h2 = h:reshape({ N, C })
-  local rows = K == N and h2 or E.embedding(h2, kept_rows) -- a differentiable row gather
-  local labt = E.tensor(kept_labels, self.dtype)
-  local Wt = W:transpose(1, 2)
-  local chunk = opts.chunk_rows or math.max(1, M.CHUNK_LOGITS // V)
-  local parts = {}
-  for start = 1, K, chunk do
-    local n = math.min(chunk, K - start + 1)
-    local logits = E.matmul(K == n and rows or rows:narrow(1, start, n), Wt)
-    parts[#parts + 1] = E.token_logprobs(logits, K == n and labt or labt:narrow(1, start, n))
-  end
-  local lp = #parts == 1 and parts[1] or E.cat(parts, 1)
-  if K < N then
-    lp = E.cat({ E.zeros({ 1 }, lp:dtype()), lp }, 1):gather(1, gather_idx)
-  end
-  return lp:reshape({ B, T })
+  return E.linear_logprobs(h, W, labt or E.tensor(lab, "float64"), { chunk_rows = opts.chunk_rows })
 end
 CausalLM.logprobs = M.guard(CausalLM.logprobs)
 
