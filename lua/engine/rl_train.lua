@@ -272,6 +272,7 @@ function RT.train(cfg, algo)
     end
   end
 
+  local temp = { temperature = cfg.temperature } -- log-probs under the distribution sampled from
   local log = Metrics.open(out, step > 0 and step or nil)
   local progress = Progress.new { total = cfg.max_steps, start = step, every = cfg.log_every, quiet = quiet }
   local metrics
@@ -304,8 +305,8 @@ function RT.train(cfg, algo)
     roll.raw_scores = E.tensor(raw)
     roll.scores = E.tensor(scores)
     time_it(times, "time/reference", E.no_grad, function()
-      roll.old_logprobs = R.logprobs(policy, roll) * roll.resp_mask
-      roll.ref_logprobs = R.logprobs(ref, roll) * roll.resp_mask
+      roll.old_logprobs = R.logprobs(policy, roll, temp) * roll.resp_mask
+      roll.ref_logprobs = R.logprobs(ref, roll, temp) * roll.resp_mask
       if critic then roll.old_values = R.values(critic, roll) end
     end)
     metrics = {}
@@ -326,7 +327,7 @@ function RT.train(cfg, algo)
         local idx = table.move(order, first, math.min(roll.B, first + cfg.mini_batch_size - 1), 1, {})
         local sub = R.rows(roll, idx)
         local mb = {
-          logprobs = R.logprobs(policy, sub), old_logprobs = sub.old_logprobs, ref_logprobs = sub.ref_logprobs,
+          logprobs = R.logprobs(policy, sub, temp), old_logprobs = sub.old_logprobs, ref_logprobs = sub.ref_logprobs,
           advantages = sub.advantages, mask = sub.resp_mask,
         }
         if critic then

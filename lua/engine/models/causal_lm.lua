@@ -281,11 +281,23 @@ M.CHUNK_LOGITS = 1 << 22
 -- head E.linear_logprobs: tiles of positions by tokens, so the (B,T,V)
 -- logits never exist, with grad or without (the backward recomputes each
 -- tile); rows whose label is < 0 (prompt, padding) never reach the head.
--- opts: those of hidden, plus chunk_rows (positions per tile).
+-- opts: those of hidden, plus chunk_rows (positions per tile) and
+-- temperature (log-probs under softmax(logits / temperature), as sampled).
 function CausalLM:logprobs(ids, labels, opts)
   opts = opts or {}
   local W = self:head_weight("logprobs")
+  local temp = type(opts) == "table" and opts.temperature
+  if temp then
+    if type(temp) ~= "number" or not (temp > 0) then
+      M.fail("logprobs: temperature must be a positive number, got %s", show(temp))
+    end
+    local rest = {}
+    for k, v in pairs(opts) do if k ~= "temperature" then rest[k] = v end end
+    opts = rest
+  end
   local h = self:hidden(ids, opts)
+  -- log softmax(logits / T): the head has no bias, so (h / T) W^T
+  if temp and temp ~= 1 then h = h * (1 / temp) end
   local s = h:shape()
   local B, T = s[1], s[2]
   local V = W:shape()[1]
