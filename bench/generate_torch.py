@@ -4,8 +4,10 @@ head) decoding with a preallocated KV cache, the same shapes and sampling
 (softmax(logits / T) with torch.multinomial, plus the sampled token's
 log-probability, as PPO needs) as the engine's E.generate.
 
-Usage: /usr/bin/python3 bench/generate_torch.py THREADS REPS MODE
+Usage: /usr/bin/python3 bench/generate_torch.py THREADS REPS MODE [MODEL]
   MODE: sample (temperature 1), greedy, or topkp (T 0.8, top_k 50, top_p 0.9)
+  MODEL: a (default: vocab 8192, d 256, 4 layers, 4 heads) or tiny (the
+  shapes of examples/default/model: vocab 257, d 128, 4 layers, 4 heads)
 Prints one line: the median over REPS runs of the new tokens per second."""
 import math
 import sys
@@ -15,10 +17,14 @@ import torch
 import torch.nn.functional as F
 
 threads, reps, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+config = sys.argv[4] if len(sys.argv) > 4 else "a"
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 
-V, C, L, H, NPOS = 8192, 256, 4, 4, 1024
+if config == "tiny":
+    V, C, L, H, NPOS = 257, 128, 4, 4, 192
+else:
+    V, C, L, H, NPOS = 8192, 256, 4, 4, 1024
 B, P, N = 8, 32, 128
 D = C // H
 std = 0.02

@@ -12,9 +12,18 @@
  * small products are spread over OpenMP threads, one gemm per thread (BLAS
  * then runs single-threaded inside the parallel region).
  *
+ * A float32 product of at most MATMUL_SMALL_MAX_M rows (after folding) goes
+ * to matmul_small.c instead of sgemm: the decode step of generation (a few
+ * rows times a weight, or attention's q·kᵀ and p·v per head), where sgemm
+ * would spend most of its time packing b, once per call.
+ * The forward takes that path with or without grad, so a product has the
+ * same value in training and in evaluation; the products matmul_backward
+ * computes always go to BLAS, so gradients are what they were.
+ *
  * Not here: vector-specific BLAS calls (gemv, dot; gemm covers them), integer
  * types, and outputs written into caller-provided buffers. */
 #include "internal.h"
+#include "matmul_small.h"
 
 #include <cblas.h>
 #include <limits.h>
@@ -135,6 +144,43 @@ static void gemm(eng_dtype dt, blas_mat la, blas_mat lb, int64_t M, int64_t N, i
 
 static bool fits_int(int64_t v) { return v <= INT_MAX; }
 
+/* > 0 while matmul_backward runs on this thread: its products stay on BLAS */
+static _Thread_local int in_backward;
+
+/* C (R,N) = A·B by matmul_small.c: A (R,K) read through la (packed to
+ * row-major first when stored transposed), B (K,N) through lb. -1 on OOM. */
+static int small_run(blas_mat la, blas_mat lb, int64_t R, int64_t N, int64_t K, const char *A,
+                     const char *B, char *C) {
+  const float *a = (const float *)A;
+  float *packed = NULL;
+  int64_t lda = la.ld;
+  size_t nbytes = (size_t)(R * K) * sizeof(float);
+  if (la.trans) { /* element (m,k) at A[k*ld + m] */
+    packed = pool_alloc(nbytes);
+    if (!packed) return eng_errorf_status("matmul: out of memory packing a (%lld bytes)", (long long)nbytes);
+    for (int64_t m = 0; m < R; m++)
+      for (int64_t k = 0; k < K; k++) packed[m * K + k] = a[k * la.ld + m];
+    a = packed;
+    lda = K;
+  }
+  matmul_small_f32(R, N, K, a, lda, (const float *)B, lb.ld, lb.trans, (float *)C, N);
+  if (packed) pool_free(packed, nbytes);
+  return 0;
+}
+
+/* element offsets of batch entry i (row-major over bshape) in A and B */
+static void batch_offsets(int64_t i, int nbo, const int64_t *bshape, const operand *A, const operand *B,
+                          int64_t *oa, int64_t *ob) {
+  int64_t rem = i;
+  *oa = *ob = 0;
+  for (int d = nbo - 1; d >= 0; d--) {
+    int64_t k = rem % bshape[d];
+    rem /= bshape[d];
+    *oa += k * A->bstride[d];
+    *ob += k * B->bstride[d];
+  }
+}
+
 /* C (batch..., M, N), contiguous <- A·B over the broadcast batch dims.
  * Both operands' matrices are BLAS-readable (checked by the caller). */
 static int matmul_run(eng_dtype dt, const operand *A, const operand *B, int nbo, const int64_t *bshape,
@@ -163,6 +209,8 @@ static int matmul_run(eng_dtype dt, const operand *A, const operand *B, int nbo,
     n[nbo] = M;
     s[nbo] = A->rs;
     if (fold_dims(nbo + 1, n, s, &R, &rs) && blas_layout(R, K, rs, A->cs, &la)) {
+      if (dt == ENG_DTYPE_F32 && R <= MATMUL_SMALL_MAX_M && !in_backward)
+        return small_run(la, lb, R, N, K, A->base, B->base, C);
       if (!fits_int(R) || !fits_int(N) || !fits_int(K) || !fits_int(la.ld) || !fits_int(lb.ld))
         return eng_errorf_status("matmul: a is %s, b is %s: too large for BLAS (a dim over 2^31)", shp(a),
                                  shp(b));
@@ -174,19 +222,32 @@ static int matmul_run(eng_dtype dt, const operand *A, const operand *B, int nbo,
   if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(la.ld) || !fits_int(lb.ld))
     return eng_errorf_status("matmul: a is %s, b is %s: too large for BLAS (a dim over 2^31)", shp(a),
                              shp(b));
+  /* a few rows per product (the decode step's q·kᵀ and p·v): the small
+   * kernel, one product per thread */
+  bool small = dt == ENG_DTYPE_F32 && M <= MATMUL_SMALL_MAX_M && !la.trans && !in_backward;
+  double mnk = (double)M * (double)N * (double)K;
   int nt = omp_get_max_threads();
-  bool par = nt > 1 && count >= 2 * nt && (double)M * (double)N * (double)K <= SMALL_GEMM_MNK;
+  bool par = nt > 1 && count >= 2 * nt &&
+             (small ? mnk * (double)count >= MATMUL_SMALL_PAR_MIN : mnk <= SMALL_GEMM_MNK);
+  if (small && !par) { /* no parallel region: even an inactive one costs a few µs */
+    for (int64_t i = 0; i < count; i++) {
+      int64_t oa, ob;
+      batch_offsets(i, nbo, bshape, A, B, &oa, &ob);
+      matmul_small_f32(M, N, K, (const float *)A->base + oa, la.ld, (const float *)B->base + ob, lb.ld,
+                       lb.trans, (float *)C + i * M * N, N);
+    }
+    return 0;
+  }
 #pragma omp parallel for schedule(static) if (par)
   for (int64_t i = 0; i < count; i++) {
-    int64_t rem = i, oa = 0, ob = 0;
-    for (int d = nbo - 1; d >= 0; d--) {
-      int64_t k = rem % bshape[d];
-      rem /= bshape[d];
-      oa += k * A->bstride[d];
-      ob += k * B->bstride[d];
-    }
-    gemm(dt, la, lb, M, N, K, A->base + (size_t)oa * es, B->base + (size_t)ob * es,
-         C + (size_t)(i * M * N) * es, N);
+    int64_t oa, ob;
+    batch_offsets(i, nbo, bshape, A, B, &oa, &ob);
+    const char *pa = A->base + (size_t)oa * es, *pb = B->base + (size_t)ob * es;
+    char *pc = C + (size_t)(i * M * N) * es;
+    if (small)
+      matmul_small_f32(M, N, K, (const float *)pa, la.ld, (const float *)pb, lb.ld, lb.trans, (float *)pc, N);
+    else
+      gemm(dt, la, lb, M, N, K, pa, pb, pc, N);
   }
   return 0;
 }
@@ -278,7 +339,7 @@ static eng_tensor *to_input_shape(eng_tensor *d, const eng_tensor *promoted, con
  *   dB = Aᵀ·g   summed over b's broadcast batch dims
  * Transposes are views (BLAS flags). When b is one matrix and a is batched,
  * dB is one gemm: fold(A)ᵀ (K, B·M) · fold(g) (B·M, N). */
-static int matmul_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {
+static int matmul_backward_blas(eng_node *n, eng_tensor *g, eng_tensor **gin) {
   eng_tensor *a = n->inputs[0], *b = n->inputs[1];
   bool a_vec = a->ndim == 1, b_vec = b->ndim == 1;
   eng_tensor *pa = promote(a, true), *pb = promote(b, false), *pg = promote_grad(g, a_vec, b_vec);
@@ -324,6 +385,14 @@ static int matmul_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {
   eng_tensor_release(pa);
   eng_tensor_release(pb);
   eng_tensor_release(pg);
+  return rc;
+}
+
+/* the backward above, with every product it makes kept on BLAS */
+static int matmul_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {
+  in_backward++;
+  int rc = matmul_backward_blas(n, g, gin);
+  in_backward--;
   return rc;
 }
 

@@ -37,7 +37,15 @@
 -- The model interface used: model:new_cache(B, max_len) -> cache (cache.len
 -- advanced by the model), model:forward(ids, {attention_mask = (B, cache.len
 -- + T) tensor, cache = cache}) -> logits (B, T, V); model.vocab_size (used,
--- when present, to check prompt ids).
+-- when present, to check prompt ids). A model whose forward is CausalLM's
+-- (engine.models) is run as model:hidden plus the head on the last position
+-- only, which is all a step needs.
+--
+-- Speed: a decode step is B rows through the model, where per-call costs
+-- dominate: E.matmul takes its few-rows kernel (engine/src/matmul_small.c),
+-- the models' decode steps do attention in a few plain ops
+-- (causal_lm.decode_attention), and Lua's collector runs once per token
+-- instead of at every tensor op (pause_collector below).
 --
 -- One step's token choice is E.sample_logits (engine/src/sampling.c, bound
 -- by lua/binding_sampling.c): greedy, or temperature, top-k and top-p as
@@ -46,6 +54,7 @@
 -- Not here: beam search, repetition penalties, speculative decoding,
 -- streaming output, detokenisation.
 local E = require("engine")
+local CausalLM = require("engine.models.causal_lm").CausalLM
 
 local M = {}
 
@@ -126,6 +135,44 @@ end
 
 -- ---- the decode loop -------------------------------------------------------------
 
+-- The collector during the loop. A decode step makes about a hundred small
+-- tensor boxes that die within the step, and the binding asks Lua's
+-- collector for a step for each result it makes, sized by the result's
+-- elements, views included: each view of the KV cache asks for a step as if
+-- the whole cache had been allocated, which in Lua's default incremental
+-- mode comes to about a full collection per layer. So for the loop the
+-- collector is switched to generational mode and stopped, and runs once per
+-- token (a young collection: that step's boxes). The previous mode and
+-- state come back when the loop ends, by error or not (a to-be-closed
+-- guard).
+local function pause_collector()
+  local running = collectgarbage("isrunning")
+  collectgarbage("stop")
+  local mode = collectgarbage("generational")
+  return setmetatable({}, {
+    __close = function()
+      collectgarbage(mode)
+      if running then collectgarbage("restart") end
+    end,
+  })
+end
+
+-- the (B,V) logits of the last position of ids, advancing the cache. A
+-- model whose forward is CausalLM's gets the head applied to that position
+-- only (the prompt's other positions never reach it); any other model is
+-- run whole and its last position taken.
+local function last_logits(model, ids, opts)
+  if rawequal(model.forward, CausalLM.forward) then
+    local h = model:hidden(ids, opts)
+    local s = h:shape()
+    local last = s[2] == 1 and h or h:narrow(2, s[2], 1)
+    return E.matmul(last:reshape({ s[1], s[3] }), model:head_weight("forward"):transpose(1, 2))
+  end
+  local logits = model:forward(ids, opts)
+  local s = logits:shape()
+  return logits:narrow(2, s[2], 1):reshape({ s[1], s[3] })
+end
+
 -- one generator per row, seeded from the main stream
 local function row_generators(B, o)
   local g = o.generator or (o.seed and E.Generator(o.seed)) or E.default_generator()
@@ -159,12 +206,11 @@ local function run(model, prompts, o)
     local gens = not greedy and row_generators(B, o) or nil
     local sopts = { temperature = o.temperature, top_k = o.top_k, top_p = o.top_p }
     local cache = model:new_cache(B, P + N)
-    local logits = model:forward(E.tensor(prompt_rows),
-      { attention_mask = mask_full:narrow(2, 1, P):contiguous(), cache = cache })
+    local gc <close> = pause_collector()
+    local last = last_logits(model, E.tensor(prompt_rows),
+      { attention_mask = mask_full:narrow(2, 1, P), cache = cache })
     local u = {}
     for t = 1, N do
-      local Tl = logits:size(2)
-      local last = logits:narrow(2, Tl, 1):reshape({ B, logits:size(3) })
       if gens then
         for b = 1, B do u[b] = done[b] and 0 or gens[b]:uniform() end
       end
@@ -187,8 +233,8 @@ local function run(model, prompts, o)
       end
       if n_done == B or t == N then break end
       mask_full:narrow(2, P + t, 1):copy_(E.tensor(col))
-      logits = model:forward(next_ids,
-        { attention_mask = mask_full:narrow(2, 1, P + t):contiguous(), cache = cache })
+      last = last_logits(model, next_ids, { attention_mask = mask_full:narrow(2, 1, P + t), cache = cache })
+      collectgarbage("step", 0)
     end
   end
   return {

@@ -2,9 +2,16 @@
  * (float32 and float64), numpy's 1-D rules, batch broadcasting, transposed
  * and strided operands (read in place, not copied), the one-gemm fold of
  * (B,T,C)·(C,OC), empty dims, exact error messages, and float64 gradient
- * checks of every case. */
+ * checks of every case. The few-rows float32 kernel (matmul_small.c):
+ * against cblas_sgemm and a float64 loop over row counts, both weight
+ * layouts and ragged sizes, bit-identical run to run and across thread
+ * counts, reached through eng_matmul (folded, batched, transposed a), and
+ * gradients of such a product bit-identical to the BLAS ones. */
 #include "check.h"
 #include "internal.h"
+#include "matmul_small.h"
+
+#include <cblas.h>
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -353,6 +360,184 @@ static void test_fold_grad_values(void) {
   eng_tensor_release(c);
 }
 
+
+/* ---- the few-rows kernel (matmul_small.c) ----------------------------------- */
+
+/* n floats from a fixed LCG, uniform in [-1, 1) */
+static float *rand_floats(int64_t n, uint32_t seed) {
+  float *v = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+  uint32_t s = seed;
+  for (int64_t i = 0; i < n; i++) {
+    s = s * 1664525u + 1013904223u;
+    v[i] = (float)((double)(s >> 8) / (double)(1 << 23) - 1.0);
+  }
+  return v;
+}
+
+/* worst |c - ref| / sum_k |a_mk·b_kn| over C (M,N): the error relative to
+ * the scale of each dot product, which rounding can reach (a plain
+ * relative error is unbounded where the sum cancels to ~0) */
+static double worst_rel(int64_t M, int64_t N, int64_t K, const float *A, const float *B, bool tb,
+                        const float *C, const float *ref) {
+  double worst = 0;
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t n = 0; n < N; n++) {
+      double scale = 1e-30;
+      for (int64_t k = 0; k < K; k++) scale += fabs((double)A[m * K + k] * (tb ? B[n * K + k] : B[k * N + n]));
+      double e = fabs((double)C[m * N + n] - (double)ref[m * N + n]) / scale;
+      if (e > worst) worst = e;
+    }
+  return worst;
+}
+
+/* the kernel against cblas_sgemm and a float64 loop: row counts up to the
+ * limit, both weight layouts, sizes off the 16-lane and tile grid */
+static void test_small_kernel_values(void) {
+  /* every group split of the rows (8/4/2/1 and 4/2/1) and the limit */
+  int64_t Ms[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 23, MATMUL_SMALL_MAX_M};
+  int64_t Ns[] = {1, 17, 33, 130, 257}, Ks[] = {1, 7, 16, 130};
+  for (int mi = 0; mi < 13; mi++)
+    for (int ni = 0; ni < 5; ni++)
+      for (int ki = 0; ki < 4; ki++)
+        for (int tb = 0; tb < 2; tb++) {
+          int64_t M = Ms[mi], N = Ns[ni], K = Ks[ki];
+          float *A = rand_floats(M * K, 1 + (uint32_t)M), *Bm = rand_floats(K * N, 2 + (uint32_t)N);
+          float *C = malloc(sizeof(float) * (size_t)(M * N)), *S = malloc(sizeof(float) * (size_t)(M * N));
+          float *D = malloc(sizeof(float) * (size_t)(M * N));
+          matmul_small_f32(M, N, K, A, K, Bm, tb ? K : N, tb, C, N);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, A,
+                      (int)K, Bm, tb ? (int)K : (int)N, 0.0f, S, (int)N);
+          for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+              double acc = 0;
+              for (int64_t k = 0; k < K; k++) acc += (double)A[m * K + k] * (tb ? Bm[n * K + k] : Bm[k * N + n]);
+              D[m * N + n] = (float)acc;
+            }
+          double e_blas = worst_rel(M, N, K, A, Bm, tb, C, S), e_exact = worst_rel(M, N, K, A, Bm, tb, C, D);
+          if (!(e_blas <= 1e-5) || !(e_exact <= 1e-5))
+            fprintf(stderr, "  M=%lld N=%lld K=%lld %s: vs sgemm %.3g, vs float64 %.3g\n", (long long)M,
+                    (long long)N, (long long)K, tb ? "x·Wᵀ" : "x·W", e_blas, e_exact);
+          CHECK(e_blas <= 1e-5);
+          CHECK(e_exact <= 1e-5);
+          free(A);
+          free(Bm);
+          free(C);
+          free(S);
+          free(D);
+        }
+}
+
+/* the same call twice, and with 1 and 2 threads, gives the same bits (the
+ * shapes are large enough to split the columns across threads) */
+static void test_small_kernel_deterministic(void) {
+  struct { int64_t M, N, K; bool tb; } cases[] = {{8, 1024, 256, false}, {8, 8192, 256, true}, {13, 999, 300, false},
+                                                  {5, 3001, 130, true}};
+  for (int c = 0; c < 4; c++) {
+    int64_t M = cases[c].M, N = cases[c].N, K = cases[c].K;
+    bool tb = cases[c].tb;
+    CHECK((double)M * (double)N * (double)K >= MATMUL_SMALL_PAR_MIN);
+    float *A = rand_floats(M * K, 7), *Bm = rand_floats(K * N, 8);
+    float *C[3];
+    for (int r = 0; r < 3; r++) {
+      C[r] = malloc(sizeof(float) * (size_t)(M * N));
+      eng_set_threads(r == 2 ? 1 : 2);
+      matmul_small_f32(M, N, K, A, K, Bm, tb ? K : N, tb, C[r], N);
+    }
+    eng_set_threads(2);
+    CHECK(memcmp(C[0], C[1], sizeof(float) * (size_t)(M * N)) == 0);
+    CHECK(memcmp(C[0], C[2], sizeof(float) * (size_t)(M * N)) == 0);
+    for (int r = 0; r < 3; r++) free(C[r]);
+    free(A);
+    free(Bm);
+  }
+}
+
+/* float32 data of a contiguous tensor */
+static const float *fdata(eng_tensor *t) { return (const float *)eng_tensor_data(t); }
+
+/* eng_matmul takes the kernel for a few rows: the same bits as calling it
+ * directly, for the folded (B,T,C)·(C,N), a transposed weight view (a
+ * Linear's x·Wᵀ), a transposed a (packed first), and a batched product of
+ * one row per entry (the decode step's q·kᵀ, k a view into a longer cache) */
+static void test_small_through_matmul(void) {
+  eng_tensor *x = randn(F32, 120, 3, SH(2, 4, 40)), *w = randn(F32, 121, 2, SH(40, 50));
+  eng_tensor *wl = randn(F32, 122, 2, SH(50, 40));
+  eng_tensor *wt = eng_transpose(wl, 0, 1);
+  float *ref = malloc(sizeof(float) * 8 * 50);
+  eng_tensor *c1 = eng_matmul(x, w), *c2 = eng_matmul(x, wt);
+  CHECK(c1 && c2);
+  matmul_small_f32(8, 50, 40, fdata(x), 40, fdata(w), 50, false, ref, 50);
+  CHECK(c1 && memcmp(fdata(c1), ref, sizeof(float) * 400) == 0);
+  matmul_small_f32(8, 50, 40, fdata(x), 40, fdata(wl), 40, true, ref, 50);
+  CHECK(c2 && memcmp(fdata(c2), ref, sizeof(float) * 400) == 0);
+  check_against_naive(x, w, 3, SH(2, 4, 50), 1e-5);
+  check_against_naive(x, wt, 3, SH(2, 4, 50), 1e-5);
+  /* a (6,40) stored transposed: packed to rows, then the kernel */
+  eng_tensor *at_ = transposed_leaf(F32, 123, 2, SH(6, 40));
+  eng_tensor *ac = plain_copy(at_);
+  eng_tensor *c3 = eng_matmul(at_, w);
+  matmul_small_f32(6, 50, 40, fdata(ac), 40, fdata(w), 50, false, ref, 50);
+  CHECK(c3 && memcmp(fdata(c3), ref, sizeof(float) * 300) == 0);
+  check_against_naive(at_, w, 2, SH(6, 50), 1e-5);
+  /* q (3,2,1,16) · kᵀ with k the first 9 of 20 cached rows (3,2,20,16) */
+  eng_tensor *q = randn(F32, 124, 4, SH(3, 2, 1, 16)), *cache = randn(F32, 125, 4, SH(3, 2, 20, 16));
+  eng_tensor *k = eng_narrow(cache, 2, 0, 9);
+  eng_tensor *kt = eng_transpose(k, 2, 3);
+  eng_tensor *s = eng_matmul(q, kt);
+  CHECK(s && eng_tensor_shape(s)[3] == 9);
+  for (int e = 0; s && e < 6; e++) {
+    matmul_small_f32(1, 9, 16, fdata(q) + e * 16, 16, fdata(cache) + e * 20 * 16, 16, true, ref, 9);
+    CHECK(memcmp(fdata(s) + e * 9, ref, sizeof(float) * 9) == 0);
+  }
+  check_against_naive(q, kt, 4, SH(3, 2, 1, 9), 1e-5);
+  eng_tensor *list[] = {x, w, wl, wt, c1, c2, at_, ac, c3, q, cache, k, kt, s};
+  for (int i = 0; i < 14; i++) eng_tensor_release(list[i]);
+  free(ref);
+}
+
+/* the gradients of a few-rows product are those BLAS gives: dA = g·Bᵀ and
+ * dB = Aᵀ·g bit for bit as cblas_sgemm computes them (the backward keeps
+ * its products on BLAS), for b a plain and a transposed (Linear) weight */
+static void test_small_backward_is_blas(void) {
+  for (int tb = 0; tb < 2; tb++) {
+    int64_t M = 5, K = 24, N = 33;
+    eng_tensor *a = leaf(F32, 130, 2, SH(M, K));
+    eng_tensor *b = tb ? transposed_leaf(F32, 131, 2, SH(K, N)) : leaf(F32, 131, 2, SH(K, N));
+    eng_tensor *g = randn(F32, 132, 2, SH(M, N));
+    eng_tensor *c = eng_matmul(a, b);
+    CHECK(c && eng_backward(c, g) == 0);
+    eng_tensor *da = eng_grad(a), *db = eng_grad(b);
+    CHECK(da && db);
+    eng_tensor *bc = plain_copy(b); /* (K,N) row-major */
+    float *ra = malloc(sizeof(float) * (size_t)(M * K)), *rb = malloc(sizeof(float) * (size_t)(K * N));
+    /* dA (M,K) = g (M,N) · Bᵀ, read as the backward reads b */
+    if (tb) /* b = Wᵀ with W (N,K) row-major: Bᵀ is W itself */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)K, (int)N, 1.0f, fdata(g), (int)N,
+                  (const float *)eng_tensor_data(b), (int)K, 0.0f, ra, (int)K);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)K, (int)N, 1.0f, fdata(g), (int)N,
+                  fdata(bc), (int)N, 0.0f, ra, (int)K);
+    /* dB: (K,N) = Aᵀ·g, or for the Linear layout dBᵀ (N,K) = gᵀ·A */
+    if (tb)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)N, (int)K, (int)M, 1.0f, fdata(g), (int)N,
+                  fdata(a), (int)K, 0.0f, rb, (int)K);
+    else
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)N, (int)M, 1.0f, fdata(a), (int)K,
+                  fdata(g), (int)N, 0.0f, rb, (int)N);
+    eng_tensor *dac = da ? plain_copy(da) : NULL, *dbc = db ? plain_copy(db) : NULL;
+    CHECK(dac && memcmp(fdata(dac), ra, sizeof(float) * (size_t)(M * K)) == 0);
+    bool same = dbc != NULL;
+    for (int64_t k = 0; same && k < K; k++)
+      for (int64_t n = 0; n < N; n++)
+        if (fdata(dbc)[k * N + n] != (tb ? rb[n * K + k] : rb[k * N + n])) same = false;
+    CHECK(same);
+    eng_tensor *list[] = {a, b, g, c, bc, dac, dbc};
+    for (int i = 0; i < 7; i++) eng_tensor_release(list[i]);
+    free(ra);
+    free(rb);
+  }
+}
+
 int main(void) {
   eng_set_threads(2);
   RUN(test_hand_values);
@@ -365,5 +550,9 @@ int main(void) {
   RUN(test_grad_1d);
   RUN(test_grad_batched);
   RUN(test_fold_grad_values);
+  RUN(test_small_kernel_values);
+  RUN(test_small_kernel_deterministic);
+  RUN(test_small_through_matmul);
+  RUN(test_small_backward_is_blas);
   DONE();
 }

@@ -582,3 +582,174 @@ describe("generate with a GPT-2 model", function()
     end
   end)
 end)
+
+-- ---- the decode step -----------------------------------------------------------
+
+describe("the decode step", function()
+  local base = require("engine.models.causal_lm")
+  local V = 61
+  local configs = {
+    gpt2 = { model_type = "gpt2", vocab_size = V, n_embd = 32, n_layer = 2, n_head = 4, n_positions = 64,
+      initializer_range = 0.5 },
+    -- grouped-query attention: 4 query heads on 2 kv heads
+    llama = { model_type = "llama", vocab_size = V, hidden_size = 32, intermediate_size = 48, num_hidden_layers = 2,
+      num_attention_heads = 4, num_key_value_heads = 2, initializer_range = 0.5, tie_word_embeddings = false },
+  }
+  local prompts = { { 5, 9, 2, 44, 3 }, { 17 }, { 8, 8, 30 } }
+
+  it("attention in plain ops equals the fused op, masked keys, grouped heads and an empty row included", function()
+    local B, H, S, D = 3, 4, 9, 8
+    local q = E.randn({ B, H, 1, D }, { seed = 1 })
+    for _, Hkv in ipairs({ 4, 2, 1 }) do
+      -- k and v: the first S of 12 cached positions, as the cache hands them out
+      local k = E.randn({ B, Hkv, 12, D }, { seed = 2 }):narrow(3, 1, S)
+      local v = E.randn({ B, Hkv, 12, D }, { seed = 3 }):narrow(3, 1, S)
+      local masks = {
+        E.tensor({ { 1, 1, 1, 1, 1, 1, 1, 1, 1 }, { 0, 0, 1, 1, 0, 1, 1, 1, 1 }, { 0, 0, 0, 0, 0, 0, 0, 0, 0 } }),
+      }
+      for _, mask in ipairs({ masks[1], false }) do
+        for _, scale in ipairs({ 0.3, false }) do
+          local got = E.no_grad(base.decode_attention, q, k, v, mask or nil, scale or nil)
+          local want = E.attention(q, k, v, { mask = mask or nil, causal = true, scale = scale or nil })
+          assert.same({ B, H, 1, D }, got:shape())
+          assert.is_true((got - want):abs():max():item() < 1e-6)
+          if mask then -- row 3 sees no key: zeros, as the fused op gives
+            assert.equals(0, got:narrow(1, 3, 1):abs():max():item())
+          end
+        end
+      end
+    end
+  end)
+
+  it("KV-cached generation of a grouped-query Llama equals recomputing the full forward each step", function()
+    local model = E.models.new(configs.llama, { seed = 7 })
+    local N = 8
+    local out = E.generate(model, prompts, { max_new_tokens = N, temperature = 0 })
+    local ids, mask, P = out.ids:totable(), out.mask:totable(), out.prompt_length
+    for t = 1, N do
+      local rows, mrows = {}, {}
+      for b = 1, #prompts do
+        rows[b] = { table.unpack(ids[b], 1, P + t - 1) }
+        mrows[b] = { table.unpack(mask[b], 1, P + t - 1) }
+      end
+      local last = E.no_grad(function()
+        return model:forward(rows, { attention_mask = E.tensor(mrows) }):narrow(2, P + t - 1, 1):reshape({ 3, V })
+      end):totable()
+      for b = 1, #prompts do
+        local x, best, arg, z = last[b], -math.huge, nil, 0
+        for j = 1, V do
+          if x[j] > best then best, arg = x[j], j - 1 end
+        end
+        for j = 1, V do z = z + exp(x[j] - best) end
+        assert.equals(arg, out.tokens[b][t])
+        close(out.logprobs[b][t], -log(z), 1e-4)
+      end
+    end
+  end)
+
+  -- Pinned from the implementation before the few-rows matmul kernel and
+  -- the plain-ops decode attention (commit c9e0654: BLAS for every product,
+  -- the fused attention op in every step, the head applied to every prompt
+  -- position), running these same calls: the tokens must not change, the
+  -- log-probabilities only by float rounding.
+  local pinned = {
+    gpt2 = {
+      { { 60, 40, 13, 59, 59, 59, 59, 47, 13, 13, 13, 59 }, { 29, 48, 10, 59, 5, 5, 13, 59, 13, 59, 29, 9 },
+        { 44, 60, 24, 59, 59, 59, 59, 59, 59, 59, 5, 59 } },
+      { { 22, 8, 10, 18, 13, 10, 59, 13, 7, 21, 13, 59 }, { 44, 48, 5, 47, 47, 58, 47, 7, 7, 29, 19, 60 },
+        { 54, 30, 57, 41, 50, 32, 1, 24, 24, 29, 8, 54 } },
+      { { 3, 59, 59, 59, 59, 5, 59, 59, 59, 51, 24, 21 }, { 29, 8, 10, 59, 5, 48, 48, 8, 54, 24, 1, 59 },
+        { 60, 59, 59, 59, 59, 59, 59, 59, 59, 40, 59, 59 } },
+    },
+    llama = {
+      { { 30, 55, 47, 38, 29, 40, 42, 22, 3, 33, 14, 22 }, { 0, 33, 0, 33, 0, 24, 25, 29, 29, 22, 25, 46 },
+        { 0, 0, 0, 0, 46, 44, 0, 46, 1, 0, 3, 29 } },
+      { { 14, 14, 28, 15, 46, 13, 38, 29, 49, 29, 26, 49 }, { 33, 55, 0, 42, 29, 59, 44, 42, 24, 44, 0, 57 },
+        { 34, 8, 15, 8, 40, 48, 8, 0, 53, 59, 11, 51 } },
+      { { 6, 33, 51, 15, 2, 2, 15, 49, 0, 51, 34, 2 }, { 0, 0, 33, 0, 9, 26, 8, 31, 47, 59, 15, 24 },
+        { 46, 57, 3, 42, 15, 42, 7, 29, 41, 34, 1, 38 } },
+    },
+  }
+  -- the first row's log-probabilities of each setting, pinned the same way
+  local pinned_lp = {
+    gpt2 = {
+      { -0.91147, -0.66440, -1.52137, -1.34077, -0.24698, -1.58793, -0.57995, -0.52431, -1.26395, -1.07900,
+        -0.79202, -0.93112 },
+      { -5.40850, -2.57961, -1.16901, -6.04533, -1.81623, -4.15243, -0.82139, -0.87202, -0.44681, -0.20486,
+        -0.73017, -1.67321 },
+      { -2.46029, -1.13786, -0.75128, -0.11213, 0.00000, -0.59107, 0.00000, -2.51522, -1.23406, -3.14058,
+        -1.46686, -0.25973 },
+    },
+    llama = {
+      { -0.40070, -0.68796, -0.79746, -1.39290, -0.42966, -0.98856, -0.49466, -1.01332, -0.27258, -1.19864,
+        -1.24958, -1.04546 },
+      { -5.96051, -2.55950, -7.02156, -1.39233, -2.68762, -2.81858, -0.83967, -0.42371, -0.93111, -1.90258,
+        -2.61960, -3.52308 },
+      { -3.25861, -0.25062, -2.84935, -0.02914, -0.21349, -0.78696, -0.55616, -3.06206, 0.00000, -0.97551,
+        -2.23624, -0.57991 },
+    },
+  }
+  local settings = { { temperature = 0 }, { temperature = 1, seed = 11 },
+    { temperature = 0.8, top_k = 20, top_p = 0.9, seed = 12 } }
+
+  for _, name in ipairs({ "gpt2", "llama" }) do
+    it(name .. ": gives the tokens the implementation before it gave", function()
+      local model = E.models.new(configs[name], { seed = 7 })
+      for i, s in ipairs(settings) do
+        local o = { max_new_tokens = 12 }
+        for k, v in pairs(s) do o[k] = v end
+        local out = E.generate(model, prompts, o)
+        assert.same(pinned[name][i], out.tokens)
+        close(out.logprobs[1], pinned_lp[name][i], 1e-4)
+      end
+    end)
+  end
+
+  it("applies the head to the last prompt position only, as a full forward's last position", function()
+    local model = E.models.new(configs.gpt2, { seed = 7 })
+    -- the same model behind a forward that is not CausalLM's: generate then
+    -- runs it whole and takes the last position
+    local proxy = setmetatable({
+      forward = function(_, ids, opts) return model:forward(ids, opts) end,
+    }, { __index = model })
+    for _, o in ipairs({ { temperature = 0 }, { temperature = 0.9, top_k = 30, seed = 4 } }) do
+      o.max_new_tokens = 9
+      local a, b = E.generate(model, prompts, o), E.generate(proxy, prompts, o)
+      assert.same(b.tokens, a.tokens)
+      for r = 1, #prompts do close(a.logprobs[r], b.logprobs[r], 1e-5) end
+    end
+  end)
+
+  it("gives the collector back as it found it, after an error too", function()
+    local model = E.models.new(configs.gpt2, { seed = 7 })
+    local o = { max_new_tokens = 3, seed = 1 }
+    local mode0 = collectgarbage("incremental") -- the runner's own mode, put back at the end
+    E.generate(model, prompts, o)
+    assert.is_true(collectgarbage("isrunning"))
+    assert.equals("incremental", collectgarbage("incremental"))
+    -- stopped before: stopped after
+    collectgarbage("stop")
+    E.generate(model, prompts, o)
+    assert.is_false(collectgarbage("isrunning"))
+    collectgarbage("restart")
+    -- generational before: generational after
+    collectgarbage("generational")
+    E.generate(model, prompts, o)
+    assert.equals("generational", collectgarbage("incremental"))
+    -- a model failing in the middle of the loop
+    local calls = 0
+    local failing = setmetatable({
+      hidden = function(self, ids, opts)
+        calls = calls + 1
+        if calls == 3 then error("model broke") end
+        return model.hidden(self, ids, opts)
+      end,
+    }, { __index = model })
+    local ok, err = pcall(E.generate, failing, prompts, o)
+    assert.is_false(ok)
+    assert.truthy(tostring(err):match("model broke"), err)
+    assert.equals(3, calls)
+    assert.is_true(collectgarbage("isrunning"))
+    assert.equals("incremental", collectgarbage(mode0))
+  end)
+end)

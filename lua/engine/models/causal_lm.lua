@@ -17,7 +17,9 @@
 -- left-padded row gives the same logits as the unpadded one. The cache path
 -- (model:new_cache) writes keys and values into preallocated buffers with
 -- copy_, outside autodiff: it is for generation (under E.no_grad); no
--- gradient flows into cached keys and values.
+-- gradient flows into cached keys and values. A decode step (one new token
+-- per row, with a cache) takes M.decode_attention and reads a tensor mask
+-- with tensor ops, so its cost does not grow with Lua work per cached key.
 --
 -- Not here: the architectures' layers, loading files (models/init.lua),
 -- heads (models/heads.lua), LoRA (engine/lora.lua).
@@ -163,8 +165,9 @@ local function read_ids(self, ids, op)
   return E.tensor(ids, self.dtype), B, T
 end
 
--- the attention mask (B, past+T) as a Lua table of rows, or nil
-local function read_mask(mask, B, S, op, cached)
+-- the attention mask (B, past+T) as a Lua table of rows, or nil; a tensor
+-- mask is returned as it is when keep_tensor is true
+local function read_mask(mask, B, S, op, cached, keep_tensor)
   if mask == nil then return nil end
   local what = cached and "cache.len+T" or "T"
   local rows
@@ -173,6 +176,7 @@ local function read_mask(mask, B, S, op, cached)
     if #s ~= 2 or s[1] ~= B or s[2] ~= S then
       M.fail("%s: attention_mask is %s, expected (B,%s) = [%d,%d]", op, mask:shape_str(), what, B, S)
     end
+    if keep_tensor then return mask end
     rows = mask:totable()
   elseif type(mask) == "table" then
     rows = mask
@@ -218,6 +222,31 @@ function M.positions(self, B, T, past, mask_rows)
   return E.tensor(pos, self.dtype), (not all_real) and E.tensor(km, self.dtype) or nil, maxpos
 end
 
+-- the same as M.positions for a mask given as a (B, past+T) tensor: the
+-- real tokens before the new ones are counted and the key mask is built by
+-- tensor ops, so a decode step (T = 1) costs O(B) Lua work, not O(B·past)
+function M.positions_from_tensor(self, B, T, past, mask)
+  local real = E.where(mask, 1, 0) -- (B,S): 1 on real tokens
+  local before = past > 0 and real:narrow(2, 1, past):sum(2):totable() or nil
+  local new = real:narrow(2, past + 1, T):totable()
+  local pos, maxpos, n_real = {}, 0, 0
+  for b = 1, B do
+    local c, r, prow = before and math.tointeger(before[b]) or 0, new[b], {}
+    for t = 1, T do
+      local p = 1
+      if r[t] ~= 0 then
+        c = c + 1
+        p = c - 1
+      end
+      prow[t] = p
+      if p > maxpos then maxpos = p end
+    end
+    pos[b], n_real = prow, n_real + c
+  end
+  local key_mask = n_real < B * (past + T) and real:to(self.dtype) or nil
+  return E.tensor(pos, self.dtype), key_mask, maxpos
+end
+
 -- the shared front of forward/hidden/logprobs: the final hidden states
 -- (B,T,C); advances opts.cache.len by T
 local FORWARD_OPTS = { attention_mask = true, cache = true, chunk_rows = true }
@@ -240,8 +269,13 @@ function CausalLM:hidden(ids, opts)
       M.fail("hidden: the cache holds %d positions; %d are filled and %d more were given", cache.max_len, past, T)
     end
   end
-  local rows = read_mask(opts.attention_mask, B, past + T, "hidden", cache ~= nil)
-  local pos, key_mask, maxpos = M.positions(self, B, T, past, rows)
+  local mask = read_mask(opts.attention_mask, B, past + T, "hidden", cache ~= nil, cache ~= nil)
+  local pos, key_mask, maxpos
+  if E.is_tensor(mask) then
+    pos, key_mask, maxpos = M.positions_from_tensor(self, B, T, past, mask)
+  else
+    pos, key_mask, maxpos = M.positions(self, B, T, past, mask)
+  end
   local h = self:_body(x, pos, key_mask, cache, past, maxpos)
   if cache then cache.len = past + T end
   return h
@@ -364,16 +398,35 @@ function M.cache_kv(cache, layer, past, k, v)
   return lc.k:narrow(3, 1, past + T), lc.v:narrow(3, 1, past + T)
 end
 
--- rows (B,H,T,D) from a projection (B,T,H*D)
+-- rows (B,H,T,D) from a projection (B,T,H*D) (with T = 1, one reshape)
 function M.split_heads(x, H, D)
   local s = x:shape()
+  if s[2] == 1 then return x:reshape({ s[1], H, 1, D }) end
   return x:reshape({ s[1], s[2], H, D }):permute(1, 3, 2, 4)
 end
 
 -- (B,H,T,D) -> (B,T,H*D)
 function M.merge_heads(x)
   local s = x:shape()
+  if s[3] == 1 then return x:reshape({ s[1], 1, s[2] * s[4] }) end
   return x:permute(1, 3, 2, 4):reshape({ s[1], s[3], s[2] * s[4] })
+end
+
+-- attention of one new query per row (a decode step) over the cached keys,
+-- softmax(scale·q·kᵀ, hidden keys at -inf)·v in plain ops: q (B,H,1,D), k
+-- and v (B,Hkv,S,D), key_mask (B,S) 1 on real keys or nil; scale nil is
+-- 1/sqrt(D). -> (B,H,1,D). The same as E.attention(q, k, v, {mask =
+-- key_mask, causal = true, scale = scale}) (with one query the causal limit
+-- hides nothing), up to rounding: the fused op runs one BLAS call per (row,
+-- head), which for a single query costs more than the arithmetic, while
+-- these products, a few rows each, take E.matmul's small-product kernel.
+-- The query heads sharing a kv head are the rows of one product.
+function M.decode_attention(q, k, v, key_mask, scale)
+  local qs, ks = q:shape(), k:shape()
+  local B, H, D, Hkv, S = qs[1], qs[2], qs[4], ks[2], ks[3]
+  local scores = E.matmul(q:reshape({ B, Hkv, H // Hkv, D }), k:transpose(3, 4)) * (scale or 1 / math.sqrt(D))
+  if key_mask then scores = E.where(key_mask:reshape({ B, 1, 1, S }), scores, -math.huge) end
+  return E.matmul(E.softmax(scores, 4), v):reshape({ B, H, 1, D })
 end
 
 -- ---- state and saving -----------------------------------------------------------

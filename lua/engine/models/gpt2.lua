@@ -80,9 +80,17 @@ end
 
 -- x (B,T,C) -> (B,T,C)
 function Attention:forward(x, key_mask, cache, past)
-  local C = x:shape()[3]
+  local s = x:shape()
+  local B, T, C = s[1], s[2], s[3]
   local qkv = self.c_attn(x) -- (B,T,3C)
   local H, D = self.n_head, self.head_dim
+  if cache and T == 1 then
+    -- a decode step: q, k and v are views of the projection as (B,3H,1,D)
+    local heads = qkv:reshape({ B, 3 * H, 1, D })
+    local k, v = base.cache_kv(cache, self.layer, past, heads:narrow(2, H + 1, H), heads:narrow(2, 2 * H + 1, H))
+    local o = base.decode_attention(heads:narrow(2, 1, H), k, v, key_mask, self.scale)
+    return self.resid_dropout(self.c_proj(o:reshape({ B, 1, C })))
+  end
   local q = base.split_heads(qkv:narrow(3, 1, C), H, D)
   local k = base.split_heads(qkv:narrow(3, C + 1, C), H, D)
   local v = base.split_heads(qkv:narrow(3, 2 * C + 1, C), H, D)

@@ -205,7 +205,12 @@ function Attention:forward(x, cos, sin, key_mask, cache, past)
   local k = apply_rope(base.split_heads(self.k_proj(x), self.n_kv_head, D), cos, sin)
   local v = base.split_heads(self.v_proj(x), self.n_kv_head, D)
   k, v = base.cache_kv(cache, self.layer, past, k, v)
-  local o = E.attention(q, k, v, { mask = key_mask, causal = true })
+  local o
+  if cache and x:shape()[2] == 1 then
+    o = base.decode_attention(q, k, v, key_mask) -- a decode step
+  else
+    o = E.attention(q, k, v, { mask = key_mask, causal = true })
+  end
   return self.o_proj(base.merge_heads(o))
 end
 
