@@ -87,10 +87,28 @@ void lb_box_release(TBox *b) {
  * collector step "as if that many KB had been allocated". Unreachable boxes
  * (last step's activations) are then released about as fast as new ones
  * are made, and the pool hands their memory straight back. */
+/* Lua sees a tensor box as a few bytes: tell its collector how much engine
+ * memory was allocated since the last result, so that garbage boxes (and
+ * their storage) are collected at the pace memory is used. Views and
+ * results that reuse a freed block add nothing. When the incremental steps
+ * fall behind (a large Lua heap takes long to traverse) and live engine
+ * memory passes 1.5x what a full collection last left + 128 MiB, run a full
+ * collection: garbage then stays within a bound of the live memory. */
 static void gc_pressure(lua_State *L, eng_tensor *r) {
-  size_t bytes = (size_t)eng_tensor_numel(r) * (eng_tensor_dtype(r) == ENG_DTYPE_F64 ? 8 : 4);
-  if (bytes < 4096 || !lua_gc(L, LUA_GCISRUNNING)) return;
-  size_t kb = bytes >> 10;
+  static size_t last_in_use, after_full;
+  (void)r;
+  eng_memory_stats st;
+  eng_memory_get_stats(&st);
+  size_t grown = st.bytes_in_use > last_in_use ? st.bytes_in_use - last_in_use : 0;
+  last_in_use = st.bytes_in_use;
+  if (grown < 4096 || !lua_gc(L, LUA_GCISRUNNING)) return;
+  if (st.bytes_in_use > after_full + after_full / 2 + ((size_t)128 << 20)) {
+    lua_gc(L, LUA_GCCOLLECT);
+    eng_memory_get_stats(&st);
+    after_full = last_in_use = st.bytes_in_use;
+    return;
+  }
+  size_t kb = grown >> 10;
   lua_gc(L, LUA_GCSTEP, kb > INT32_MAX ? INT32_MAX : (int)kb);
 }
 

@@ -438,6 +438,19 @@ describe("lifetime", function()
     assert.is_true(highest < 600 * 2 ^ 20, string.format("%.0f MiB were live at once", highest / 2 ^ 20))
   end)
 
+  it("the collector keeps pace with op results and views, not only fresh tensors", function()
+    collectgarbage("collect")
+    local x = E.randn({ 1000, 1000 })
+    local base = E.memory_stats().bytes_in_use
+    local highest = 0
+    for _ = 1, 300 do -- ~8 MB of temporaries per pass, ~2.4 GB in all
+      local y = (x * 2):narrow(1, 1, 500):transpose(1, 2) + 1
+      local _ = E.exp(y:sum(1))
+      highest = math.max(highest, E.memory_stats().bytes_in_use - base)
+    end
+    assert.is_true(highest < 200 * 2 ^ 20, string.format("%.0f MiB were live at once", highest / 2 ^ 20))
+  end)
+
   it("memory_stats counts live bytes", function()
     collectgarbage("collect")
     local before = E.memory_stats()
