@@ -17,6 +17,11 @@
 -- completion tokens' log-probs, EOS included, prompt excluded),
 -- reference_chosen_logps, reference_rejected_logps (with reference = true),
 -- chosen_lengths, rejected_lengths (completion token counts).
+--
+-- Also for the other offline plumbing (engine.unpaired, engine.rankings):
+-- P.defaults, P.docs, P.load_model, P.trainable (all weights or LoRA),
+-- P.evaluator (held-out metrics), P.fit (the loop) and the report: P.report, P.eval_prompts,
+-- P.start_report (the before/after table of judge score and KL).
 local E = require("engine")
 local train = require("engine.train")
 local lm = require("engine.lm")
@@ -64,6 +69,7 @@ function P.docs(own)
   return d
 end
 
+-- P.load_model(dir) -> model, tokenizer (raises "model: ..." / "tokenizer: ...")
 local function load_model(dir)
   local model, err = E.models.load(dir)
   if not model then error("model: " .. err, 0) end
@@ -71,6 +77,7 @@ local function load_model(dir)
   if not tok then error("tokenizer: " .. terr, 0) end
   return model, tok
 end
+P.load_model = load_model
 
 -- (R) sums of log-probs and counts of a pairs batch, split into chosen/rejected
 local function pair_logps(model, batch)
@@ -128,8 +135,10 @@ local function loss_batch(model, batch, ref_w, ref_l)
   return b
 end
 
--- greedy completions of eval prompts, judged; and the KL(π || π_start) on
--- samples drawn from π: the mean over prompts of Σ_t log π(y_t) - log π_start(y_t)
+-- P.report(model, start, tok, prompts, seed) -> judge score, KL: the mean
+-- judge score of greedy completions of the prompts (at most 96 new tokens);
+-- and the KL(π || π_start) on samples drawn from π at temperature 1: the
+-- mean over prompts of Σ_t log π(y_t) - log π_start(y_t)
 local function report(model, start, tok, prompts, seed)
   local judge = require("engine.tasks.reviews").judge
   local ids = {}
@@ -150,6 +159,40 @@ local function report(model, start, tok, prompts, seed)
     return (a - b):item() / #prompts
   end)
   return score / #prompts, kl
+end
+P.report = report
+
+-- P.eval_prompts(path, n) -> the first n (default 32) distinct prompts of a
+-- data file of any format, in file order
+function P.eval_prompts(path, n)
+  local prompts, seen = {}, {}
+  for _, ex in ipairs(E.data.read_jsonl(path, { format = "prompts" })) do
+    if not seen[ex.prompt] and #prompts < (n or 32) then prompts[#prompts + 1], seen[ex.prompt] = ex.prompt, true end
+  end
+  return prompts
+end
+
+-- P.start_report(cfg, model, tok) -> nil when cfg.report is off or there is
+-- no cfg.eval_data; else measures the report of the untrained model now
+-- (prompts from cfg.eval_data, the start reloaded from cfg.model) and returns
+-- finish(result), which measures it again, sets result.report = {before =
+-- {score, kl}, after = {score, kl}}, prints the before/after table (unless
+-- cfg.quiet) and returns result
+function P.start_report(cfg, model, tok)
+  if not cfg.report or not cfg.eval_data or cfg.eval_data == "" then return nil end
+  local start = load_model(cfg.model)
+  local prompts = P.eval_prompts(cfg.eval_data)
+  local before = { E.no_grad(report, model, start, tok, prompts, cfg.seed) }
+  return function(result)
+    local after = { E.no_grad(report, model, start, tok, prompts, cfg.seed) }
+    result.report = { before = before, after = after }
+    if not cfg.quiet then
+      print(string.format("%-8s %12s %14s", "", "judge score", "KL to start"))
+      print(string.format("%-8s %12.3f %14.3f", "before", before[1], before[2]))
+      print(string.format("%-8s %12.3f %14.3f", "after", after[1], after[2]))
+    end
+    return result
+  end
 end
 
 -- NLL = -ΣS_w / Σ|y_w|: the token-mean negative log-likelihood of the batch's
@@ -201,7 +244,31 @@ function P.evaluator(items, cfg, fn)
   end
 end
 
--- P.train(cfg, loss, {reference = bool, name = recipe name}) -> result of train.fit
+-- P.fit(cfg, model, tok, items, loss, evaluate) -> train.fit's result: the
+-- shared loop of the offline recipes. AdamW over P.trainable(model, cfg),
+-- linear warm-up then decay to 0 at cfg.max_steps, shuffled batches of
+-- items; loss(batch) -> loss tensor, metrics; evaluate as train.fit's;
+-- the final model and tokenizer are saved in OUT/final.
+function P.fit(cfg, model, tok, items, loss, evaluate)
+  local loader = E.data.Loader(items, { batch_size = cfg.batch_size, seed = cfg.seed })
+  local opt = E.optim.AdamW(P.trainable(model, cfg), { lr = cfg.lr, weight_decay = cfg.weight_decay })
+  local schedule = E.optim.schedule { kind = "linear", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
+    total_steps = cfg.max_steps, lr = cfg.lr }
+  return train.fit {
+    cfg = cfg, model = model, optimizer = opt, schedule = schedule, loader = loader, evaluate = evaluate,
+    loss = function(batch)
+      local L, m = loss(batch)
+      return L, m, batch.attention_mask:sum():item()
+    end,
+    final = function(dir)
+      model:save(dir)
+      tok:save(dir)
+    end,
+  }
+end
+
+-- P.train(cfg, loss, {reference = bool}) -> result of train.fit (with
+-- result.report when the report ran)
 function P.train(cfg, loss, opts)
   opts = opts or {}
   E.set_threads(cfg.threads)
@@ -220,47 +287,17 @@ function P.train(cfg, loss, opts)
     if not cfg.quiet then print(hit and "reference log-probs: read from the cache" or "reference log-probs: computed and cached") end
     if eval_items then eref_w, eref_l = reference_logps(cfg, model, tok, eval_items, cfg.eval_data) end
   end
-  local start, prompts, before
-  if cfg.report and eval_items then
-    start = load_model(cfg.model)
-    prompts = {}
-    local seen = {}
-    for _, ex in ipairs(E.data.read_jsonl(cfg.eval_data, { format = "pairs" })) do
-      if not seen[ex.prompt] and #prompts < 32 then prompts[#prompts + 1], seen[ex.prompt] = ex.prompt, true end
-    end
-    before = { E.no_grad(report, model, start, tok, prompts, cfg.seed) }
-  end
-  local loader = E.data.Loader(items, { batch_size = cfg.batch_size, seed = cfg.seed })
-  local opt = E.optim.AdamW(P.trainable(model, cfg), { lr = cfg.lr, weight_decay = cfg.weight_decay })
-  local schedule = E.optim.schedule { kind = "linear", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
-    total_steps = cfg.max_steps, lr = cfg.lr }
   local evaluate
   if eval_items then
     evaluate = P.evaluator(eval_items, cfg, function(batch)
       return loss(loss_batch(model, batch, eref_w, eref_l), cfg)
     end)
   end
-  local result = train.fit {
-    cfg = cfg, model = model, optimizer = opt, schedule = schedule, loader = loader, evaluate = evaluate,
-    loss = function(batch)
-      local L, m = loss(loss_batch(model, batch, ref_w, ref_l), cfg)
-      return L, m, batch.attention_mask:sum():item()
-    end,
-    final = function(dir)
-      model:save(dir)
-      tok:save(dir)
-    end,
-  }
-  if before then
-    local after = { E.no_grad(report, model, start, tok, prompts, cfg.seed) }
-    result.report = { before = before, after = after }
-    if not cfg.quiet then
-      print(string.format("%-8s %12s %14s", "", "judge score", "KL to start"))
-      print(string.format("%-8s %12.3f %14.3f", "before", before[1], before[2]))
-      print(string.format("%-8s %12.3f %14.3f", "after", after[1], after[2]))
-    end
-  end
-  return result
+  local finish = P.start_report(cfg, model, tok)
+  local result = P.fit(cfg, model, tok, items, function(batch)
+    return loss(loss_batch(model, batch, ref_w, ref_l), cfg)
+  end, evaluate)
+  return finish and finish(result) or result
 end
 
 return P

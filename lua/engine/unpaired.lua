@@ -3,14 +3,15 @@
 -- policy and the reference, plus a mismatched completion per example for
 -- the KL estimate z0: example i's prompt with example i+1's completion (the
 -- last wraps to the first), as TRL builds its KL data set. Reference
--- log-probs of both are computed once and cached (engine.refcache).
+-- log-probs of both are computed once and cached (engine.refcache). With
+-- cfg.report, the judge's score of greedy completions and the KL to the
+-- start are measured before and after training (engine.preference's report).
 --
 --   U.train(cfg, loss) with loss(b, cfg) -> scalar tensor, metrics, where b
 --   holds 1-D tensors of length B: policy_logps, reference_logps, labels (1
 --   desirable, 0 not), kl_policy_logps, kl_reference_logps.
 local E = require("engine")
 local P = require("engine.preference")
-local train = require("engine.train")
 local lm = require("engine.lm")
 local refcache = require("engine.refcache")
 
@@ -68,8 +69,7 @@ end
 function U.train(cfg, loss)
   E.set_threads(cfg.threads)
   E.manual_seed(cfg.seed)
-  local model = assert(E.models.load(cfg.model))
-  local tok = assert(E.tokenizer.load(cfg.model))
+  local model, tok = P.load_model(cfg.model)
   local topts = { max_length = cfg.max_length, max_prompt_length = cfg.max_prompt_length }
   local function load(path)
     local items = E.data.tokenize_unpaired(E.data.read_jsonl(path, { format = "unpaired" }), tok, topts)
@@ -96,18 +96,11 @@ function U.train(cfg, loss)
       return loss(loss_batch(e_items, e_kl, e_ref, e_klref, batch), cfg)
     end)
   end
-  return train.fit {
-    cfg = cfg, model = model, evaluate = evaluate,
-    loader = E.data.Loader(items, { batch_size = cfg.batch_size, seed = cfg.seed }),
-    optimizer = E.optim.AdamW(P.trainable(model, cfg), { lr = cfg.lr, weight_decay = cfg.weight_decay }),
-    schedule = E.optim.schedule { kind = "linear", warmup_steps = math.min(cfg.warmup_steps, cfg.max_steps),
-      total_steps = cfg.max_steps, lr = cfg.lr },
-    loss = function(batch)
-      local L, m = loss(loss_batch(items, kl, ref, kl_ref, batch), cfg)
-      return L, m, batch.attention_mask:sum():item()
-    end,
-    final = function(dir) model:save(dir); tok:save(dir) end,
-  }
+  local finish = P.start_report(cfg, model, tok)
+  local result = P.fit(cfg, model, tok, items, function(batch)
+    return loss(loss_batch(items, kl, ref, kl_ref, batch), cfg)
+  end, evaluate)
+  return finish and finish(result) or result
 end
 
 U.defaults = P.defaults

@@ -2,7 +2,8 @@
 -- issue's formulas computed independently with scalar Lua math, their
 -- gradients against finite differences (float64), and the invariants:
 -- DPO at π = π_ref is log 2 for any β; IPO's gradient vanishes at
--- h̄ = 1/(2β).
+-- h̄ = 1/(2β). Also engine.rankings, the plumbing of RRHF's K-wise path:
+-- its (B,K) batch against log-probs summed by hand from the model's logits.
 local E = require("engine")
 local H = require("helper")
 
@@ -122,6 +123,102 @@ describe("preference recipe losses", function()
       return (rrhf.ranking_loss(s, E.tensor(ranks), E.tensor(0.0, "float64"), { lambda = 0.5 }))
     end, { E.tensor(A, "float64"):requires_grad(true) })
     assert.is_true(ok, report)
+  end)
+
+  -- a hand-made rankings batch: B = 2 prompts, K = 3 responses, ties in row 2
+  local KS = { { -10, -14, -9 }, { -20, -18, -24 } }
+  local KN = { { 10, 12, 6 }, { 16, 12, 20 } }
+  local KR = { { 2, 1, 3 }, { 1, 1, 3 } }
+  local function kbatch(logps)
+    return { logps = logps or E.tensor(KS, "float64"), lengths = E.tensor(KN, "float64"), ranks = E.tensor(KR),
+      best = E.tensor({ { 0, 1, 0 }, { 1, 0, 0 } }, "float64"), worst = E.tensor({ { 0, 0, 1 }, { 0, 0, 1 } }, "float64") }
+  end
+
+  it("rrhf's K-wise loss: the ranking hinge over ranked pairs plus λ times the best responses' NLL", function()
+    local rrhf = recipe("rrhf")
+    local c = { lambda = 0.3 }
+    local want, right, pairs = 0, 0, 0
+    for b = 1, 2 do
+      for i = 1, 3 do
+        for j = 1, 3 do
+          if KR[b][i] < KR[b][j] then
+            local Ai, Aj = KS[b][i] / KN[b][i], KS[b][j] / KN[b][j]
+            want, pairs = want + math.max(0, Aj - Ai) / 2, pairs + 1
+            if Ai > Aj then right = right + 1 end
+          end
+        end
+      end
+    end
+    local nll = (14 + 20) / (12 + 16) -- -(S[1][2] + S[2][1]) / (|y| of the same)
+    want = want + c.lambda * nll
+    local L, m = rrhf.kwise_loss(kbatch(), c)
+    assert.is_true(math.abs(L:item() - want) < 1e-12, L:item() .. " vs " .. want)
+    assert.is_true(math.abs(m.nll_loss - nll) < 1e-12)
+    assert.equals(right / pairs, m["rewards/accuracies"])
+    assert.is_true(math.abs(m["rewards/chosen"] - (-14 / 12 - 20 / 16) / 2) < 1e-12)
+    assert.is_true(math.abs(m["logps/rejected"] - (-9 - 24) / 2) < 1e-12)
+    local ok, report = E.gradcheck(function(x) return (rrhf.kwise_loss(kbatch(x), c)) end,
+      { E.tensor(KS, "float64"):requires_grad(true) })
+    assert.is_true(ok, report)
+  end)
+
+  it("rrhf's K-wise loss with K = 2 is its pair loss", function()
+    local rrhf = recipe("rrhf")
+    local c = { lambda = 0.6 }
+    local rows, lens, ranks, best, worst = {}, {}, {}, {}, {}
+    for i = 1, 3 do
+      rows[i], lens[i], ranks[i], best[i], worst[i] = { Sw[i], Sl[i] }, { Nw[i], Nl[i] }, { 1, 2 }, { 1, 0 }, { 0, 1 }
+    end
+    local kb = { logps = E.tensor(rows, "float64"), lengths = E.tensor(lens, "float64"), ranks = E.tensor(ranks),
+      best = E.tensor(best, "float64"), worst = E.tensor(worst, "float64") }
+    local Lk, mk = rrhf.kwise_loss(kb, c)
+    local Lp, mp = rrhf.loss(batch(), c)
+    assert.is_true(math.abs(Lk:item() - Lp:item()) < 1e-12)
+    for _, k in ipairs({ "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+      "logps/rejected", "nll_loss" }) do
+      assert.is_true(math.abs(mk[k] - mp[k]) < 1e-12, k .. ": " .. mk[k] .. " vs " .. mp[k])
+    end
+  end)
+
+  it("engine.rankings: a (B,K) batch from one forward, equal to log-probs summed by hand", function()
+    local R = require("engine.rankings")
+    local fixtures = H.repo .. "/tests/fixtures/recipes/"
+    assert.equals("rankings", R.format(fixtures .. "rankings.jsonl"))
+    assert.equals("pairs", R.format(fixtures .. "pairs.jsonl"))
+    local model = assert(E.models.load(H.repo .. "/examples/default/model"))
+    local tok = assert(E.tokenizer.load(H.repo .. "/examples/default/model"))
+    local topts = { max_length = 192, max_prompt_length = 64 }
+    local pr = R.read(fixtures .. "pairs.jsonl", tok, topts) -- pairs read as K = 2 rankings
+    assert.same({ 1, 2 }, pr[1].ranks)
+    assert.equals(2, #pr[1].responses)
+    local items = R.read(fixtures .. "rankings.jsonl", tok, topts)
+    -- the third with ties for the best and for the worst: the first of each is picked
+    local tied = { prompt = items[3].prompt, responses = items[3].responses, ranks = { 3, 1, 3, 1 } }
+    local rows = { items[1], items[2], tied }
+    local b = E.no_grad(R.loss_batch, model, E.data.collate(rows, items.pad_id))
+    assert.same({ 3, 4 }, b.logps:shape())
+    local S, N, best, worst = b.logps:totable(), b.lengths:totable(), b.best:totable(), b.worst:totable()
+    for i, it in ipairs(rows) do
+      local lo, hi = math.huge, -math.huge
+      for _, r in ipairs(it.ranks) do lo, hi = math.min(lo, r), math.max(hi, r) end
+      local first_lo, first_hi
+      for k, resp in ipairs(it.responses) do
+        local ids = {}
+        table.move(it.prompt, 1, #it.prompt, 1, ids)
+        table.move(resp, 1, #resp, #ids + 1, ids)
+        local lp = E.no_grad(function() return E.log_softmax(model:forward({ ids }), 3) end):totable()[1]
+        local want = 0
+        for t = #it.prompt + 1, #ids do want = want + lp[t - 1][ids[t] + 1] end
+        assert.is_true(math.abs(S[i][k] - want) < 1e-3 * math.max(1, math.abs(want)), S[i][k] .. " vs " .. want)
+        assert.equals(#resp, N[i][k])
+        if it.ranks[k] == lo and not first_lo then first_lo = k end
+        if it.ranks[k] == hi and not first_hi then first_hi = k end
+      end
+      for k = 1, 4 do
+        assert.equals(k == first_lo and 1 or 0, best[i][k])
+        assert.equals(k == first_hi and 1 or 0, worst[i][k])
+      end
+    end
   end)
 
   it("kto matches its formula, and z0 passes no gradient", function()

@@ -1,7 +1,8 @@
 -- recipes_train_spec.lua — a two-step training run of every recipe on the
 -- bundled default model and eight examples, through the engine runner as a
 -- user runs it: it must finish, log both steps and save the final model;
--- DPO's second run reads the reference log-probs from the cache.
+-- DPO's second run reads the reference log-probs from the cache. RRHF also
+-- trains on K-wise rankings, and KTO prints the before/after report.
 local H = require("helper")
 require("engine") -- puts lua/ on package.path
 local Metrics = require("engine.metrics")
@@ -46,6 +47,42 @@ describe("recipes train", function()
     local base = E.safetensors.load(H.repo .. "/examples/default/model/model.safetensors")
     local after = E.safetensors.load(out .. "/final/model.safetensors")
     for name, t in pairs(base) do assert.equals(E.hash(t), E.hash(after[name]), name) end
+  end)
+
+  -- the before/after table of judge score and KL (the KL before is 0)
+  local function assert_report(stdout)
+    assert.equals("0.000", stdout:match("\nbefore%s+%-?[%d%.]+%s+(%-?[%d%.]+)"), stdout)
+    assert.is_not_nil(stdout:match("\nafter%s+%-?[%d%.]+%s+%-?[%d%.]+"), stdout)
+  end
+
+  -- the last metrics row holding key
+  local function last_with(rows, key)
+    for i = #rows, 1, -1 do if rows[i][key] ~= nil then return rows[i] end end
+  end
+
+  it("rrhf trains on K-wise rankings, evaluates held-out rankings and reports", function()
+    local rankings = H.quote(H.repo .. "/tests/fixtures/recipes/rankings.jsonl")
+    local status, stdout, stderr = run("rrhf", "--data=" .. rankings .. " --eval_data=" .. rankings
+      .. " --report=true --out=" .. H.quote(dir .. "/rrhf_kwise"))
+    assert.equals(0, status, stderr)
+    local rows = Metrics.read(dir .. "/rrhf_kwise/metrics.jsonl")
+    local last = last_with(rows, "loss")
+    assert.equals(2, last.step)
+    assert.is_number(last.nll_loss)
+    assert.is_number(last["rewards/accuracies"])
+    assert.is_number(last_with(rows, "eval/rewards/accuracies")["eval/rewards/accuracies"])
+    assert.is_true(H.exists(dir .. "/rrhf_kwise/final/model.safetensors"))
+    assert_report(stdout)
+  end)
+
+  it("kto prints the before/after report of judge score and KL", function()
+    local unpaired = H.quote(H.repo .. "/tests/fixtures/recipes/unpaired.jsonl")
+    local status, stdout, stderr = run("kto", "--eval_data=" .. unpaired .. " --report=true --out="
+      .. H.quote(dir .. "/kto_report"))
+    assert.equals(0, status, stderr)
+    assert_report(stdout)
+    local rows = Metrics.read(dir .. "/kto_report/metrics.jsonl")
+    assert.is_number(last_with(rows, "eval/kl")["eval/kl"])
   end)
 
   it("dpo reuses the cached reference log-probs", function()
