@@ -48,14 +48,12 @@ local function train(cfg)
   })
 end
 
-local defaults = {}
-for k, v in pairs(ppo.defaults) do defaults[k] = v end
+local defaults = RT.defaults(ppo.defaults)
 defaults.w_on_topic, defaults.w_clean, defaults.w_sentiment, defaults.w_length = 0.5, 0.5, 1.0, 0.02
 -- β 0.15: the dense rewards are not normalised and add up over sentences, so
 -- the default task's β of 0.05 let the KL reach 29 (0.15: 10.6)
 defaults.kl_coef, defaults.normalize_reward, defaults.out = 0.15, false, "runs/fine_grained"
-local docs = {}
-for k, v in pairs(ppo.docs) do docs[k] = v end
+local docs = RT.docs(ppo.docs)
 docs.w_on_topic = "weight of each sentence's on-topic score (±1)"
 docs.w_clean = "weight of each sentence's clean score (±1: -1 with a banned word)"
 docs.w_sentiment = "weight of each sentence's sentiment (-1..1)"

@@ -10,9 +10,7 @@ local RT = require("engine.rl_train")
 local ppo = dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./") .. "ppo.lua")
 local P = require("engine.preference")
 
-local defaults, docs = {}, {}
-for k, v in pairs(ppo.defaults) do defaults[k] = v end
-for k, v in pairs(ppo.docs) do docs[k] = v end
+local defaults, docs = RT.defaults(ppo.defaults), RT.docs(ppo.docs)
 defaults.ptx_coef, docs.ptx_coef = 1.0, "γ: weight of the pretraining negative log-likelihood"
 defaults.ptx_data, docs.ptx_data = P.default_data .. "/pretrain.jsonl", "pretraining text (JSONL: text)"
 defaults.ptx_batch_size, docs.ptx_batch_size = 8, "pretraining sequences per minibatch"

@@ -53,21 +53,8 @@ local common_docs = {
   lora_alpha = "LoRA's α (the adapters are scaled by α/rank)",
 }
 
-function P.defaults(own)
-  local d = {}
-  for k, v in pairs(train.defaults) do d[k] = v end
-  for k, v in pairs(common) do d[k] = v end
-  for k, v in pairs(own or {}) do d[k] = v end
-  return d
-end
-
-function P.docs(own)
-  local d = {}
-  for k, v in pairs(train.docs) do d[k] = v end
-  for k, v in pairs(common_docs) do d[k] = v end
-  for k, v in pairs(own or {}) do d[k] = v end
-  return d
-end
+function P.defaults(own) return train.merge(train.defaults, common, own) end
+function P.docs(own) return train.merge(train.docs, common_docs, own) end
 
 -- P.load_model(dir) -> model, tokenizer (raises "model: ..." / "tokenizer: ...")
 local function load_model(dir)

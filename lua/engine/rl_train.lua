@@ -77,25 +77,14 @@ local common_docs = {
   eval_prompts = "held-out prompts in the report",
 }
 
-function RT.defaults(own)
-  local d = {}
-  for k, v in pairs(train.defaults) do d[k] = v end
-  for k, v in pairs(common) do d[k] = v end
-  for k, v in pairs(own or {}) do d[k] = v end
-  return d
-end
+local loop_docs = {
+  log_every = "iterations between logged metric lines",
+  eval_every = "iterations between held-out judge scores (0: only the report)",
+  save_every = "iterations between checkpoints (0: only at the end)",
+}
 
-function RT.docs(own)
-  local d = {}
-  for k, v in pairs(train.docs) do d[k] = v end
-  d.max_steps, d.log_every, d.eval_every, d.save_every = nil, nil, nil, nil
-  for k, v in pairs(common_docs) do d[k] = v end
-  d.log_every = "iterations between logged metric lines"
-  d.eval_every = "iterations between held-out judge scores (0: only the report)"
-  d.save_every = "iterations between checkpoints (0: only at the end)"
-  for k, v in pairs(own or {}) do d[k] = v end
-  return d
-end
+function RT.defaults(own) return train.merge(train.defaults, common, own) end
+function RT.docs(own) return train.merge(train.docs, common_docs, loop_docs, own) end
 
 local function load_model(dir, opts)
   local model, err = E.models.load(dir, opts)

@@ -56,6 +56,16 @@ train.docs = {
   resume = "a run directory to continue from its newest checkpoint",
 }
 
+-- a new table with the keys of each table in turn (later ones win): how
+-- recipes build their defaults and docs from the common ones
+function train.merge(...)
+  local d = {}
+  for i = 1, select("#", ...) do
+    for k, v in pairs(select(i, ...) or {}) do d[k] = v end
+  end
+  return d
+end
+
 local function finite(x) return x == x and x ~= math.huge and x ~= -math.huge end
 
 local function add_into(acc, metrics, scale)
