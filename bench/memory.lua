@@ -51,20 +51,8 @@ local configs = {
 }
 local PROMPT = 64
 
-local function status(key)
-  local f = assert(io.open("/proc/self/status"))
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match(key .. ":%s*(%d+)")) -- kB
-end
-
-local function reset_hwm()
-  local f = io.open("/proc/self/clear_refs", "w")
-  if not f then return false end
-  f:write("5")
-  f:close()
-  return true
-end
+local proc = dofile(here .. "/bench/proc_memory.lua")
+local status, reset_hwm = proc.status_kb, proc.reset_hwm
 
 -- a batch of `rows` full rows of length T: ids, attention_mask, loss_mask
 -- (0 on the prompt, 1 after), as engine.data makes them

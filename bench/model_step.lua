@@ -127,21 +127,8 @@ local function median(xs)
   return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
 end
 
-local function status(key)
-  local f = io.open("/proc/self/status")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return tonumber(s:match(key .. ":%s*(%d+)")) -- kB
-end
-
-local function reset_hwm()
-  local f = io.open("/proc/self/clear_refs", "w")
-  if not f then return false end
-  f:write("5")
-  f:close()
-  return true
-end
+local proc = dofile(here .. "/proc_memory.lua")
+local status, reset_hwm = proc.status_kb, proc.reset_hwm
 
 local function loadavg()
   local f = io.open("/proc/loadavg")
