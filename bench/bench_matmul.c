@@ -1,9 +1,12 @@
-/* bench_matmul.c — eng_matmul against raw cblas_sgemm on the same shapes,
- * float32, 2 threads: what the engine's dispatch (shape checks, output
- * allocation from the pool, layout decisions) costs on a transformer-sized
- * product. Prints the median GFLOP/s of each, their ratio, and the median
- * of per-run ratios (raw and engine runs alternate); asserts nothing (the
- * target is engine >= 95% of raw sgemm).
+/* bench_matmul.c — eng_matmul against raw cblas_sgemm (OpenBLAS, with the
+ * environment's core type) on the same shapes, float32, 2 threads: what the
+ * engine's product costs or gains on a transformer-sized product. eng_matmul
+ * runs gemm_f32 (engine/src/gemm_f32.c): the engine's AVX-512 kernel where
+ * the CPU has AVX-512F, else OpenBLAS itself (then the figure is the cost
+ * of the engine's dispatch: shape checks, output allocation from the pool,
+ * layout decisions). Prints the median GFLOP/s of each, their ratio, and
+ * the median of per-run ratios (raw and engine runs alternate); asserts
+ * nothing.
  *
  * Cases
  *   (2048,768)·(768,3072)         one plain gemm

@@ -62,6 +62,15 @@ struct eng_tensor {
   eng_node *grad_fn; /* owned; NULL for leaves */
 };
 
+/* ---- float32 matrix product (gemm_f32.c) -------------------------------- */
+/* C (M,N) <- alpha·op(A)·op(B) + beta·C, row-major; op transposes when ta/tb.
+ * The engine's AVX-512 kernel where the CPU has it (results independent of
+ * the thread count), cblas_sgemm otherwise or with ENGINE_SGEMM=openblas. */
+void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+              const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+bool gemm_f32_engine_kernel(void);
+void gemm_f32_set_engine_kernel(bool on); /* for benchmarks and tests */
+
 /* ---- errors ------------------------------------------------------------- */
 /* sets the message; returns NULL so `return eng_errorf(...)` works */
 void *eng_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

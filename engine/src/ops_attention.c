@@ -63,7 +63,7 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
 
 #define ATTN_KERNELS(SUF, TY, GEMM)                                                        \
   /* C (M,N) = alpha·op(A)·op(B) + beta·C, row-major; degenerate sizes handled here */    \
-  static void gemm_##SUF(bool ta, bool tb, int64_t M, int64_t N, int64_t K, TY alpha,     \
+  static void attn_gemm_##SUF(bool ta, bool tb, int64_t M, int64_t N, int64_t K, TY alpha,     \
                          const TY *A, int64_t lda, const TY *Bm, int64_t ldb, TY beta,    \
                          TY *C, int64_t ldc) {                                            \
     typedef TY T;                                                                         \
@@ -73,8 +73,7 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? (T)0 : beta * C[i * ldc + j]; \
       return;                                                                             \
     }                                                                                     \
-    GEMM(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,   \
-         (int)M, (int)N, (int)K, alpha, A, (int)lda, Bm, (int)ldb, beta, C, (int)ldc);    \
+    GEMM(ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);                          \
   }                                                                                       \
                                                                                           \
   /* row (S) of scaled scores -> masked softmax in place; *lse its logsumexp */           \
@@ -155,7 +154,7 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
     double *L = p->lse + (b * p->H + h) * Tq;                                             \
     const unsigned char *km = p->km ? p->km + b * Sk : NULL;                              \
     /* (T,D)·(S,D)ᵀ -> (T,S) */                                                           \
-    gemm_##SUF(false, true, Tq, Sk, D, (T)p->scale, Q, p->qs[2], K, p->ks[2], 0, buf, Sk); \
+    attn_gemm_##SUF(false, true, Tq, Sk, D, (T)p->scale, Q, p->qs[2], K, p->ks[2], 0, buf, Sk); \
     if (rows_par && Tq * Sk >= PARALLEL_MIN) {                                            \
       _Pragma("omp parallel for schedule(static)")                                        \
       for (int64_t t = 0; t < Tq; t++)                                                    \
@@ -165,7 +164,7 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
         attn_row_softmax_##SUF(buf + t * Sk, attn_limit(p, t), Sk, km, L + t);            \
     }                                                                                     \
     /* (T,S)·(S,D) -> (T,D) */                                                            \
-    gemm_##SUF(false, false, Tq, D, Sk, 1, buf, Sk, V, p->vs[2], 0, O, D);                \
+    attn_gemm_##SUF(false, false, Tq, D, Sk, 1, buf, Sk, V, p->vs[2], 0, O, D);                \
   }                                                                                       \
                                                                                           \
   /* backward of one kv head (b,g) over its rep query heads; buf 2·(T,S).                 \
@@ -188,7 +187,7 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
       const T *G = (const T *)p->go + b * p->gs[0] + h * p->gs[1];                        \
       const T *O = (const T *)p->o + (b * p->H + h) * Tq * D;                             \
       const double *L = p->lse + (b * p->H + h) * Tq;                                     \
-      gemm_##SUF(false, true, Tq, Sk, D, (T)p->scale, Q, p->qs[2], K, p->ks[2], 0, P, Sk); \
+      attn_gemm_##SUF(false, true, Tq, Sk, D, (T)p->scale, Q, p->qs[2], K, p->ks[2], 0, P, Sk); \
       if (par) {                                                                          \
         _Pragma("omp parallel for schedule(static)")                                      \
         for (int64_t t = 0; t < Tq; t++)                                                  \
@@ -197,9 +196,9 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
         for (int64_t t = 0; t < Tq; t++)                                                  \
           attn_row_probs_##SUF(P + t * Sk, attn_limit(p, t), Sk, km, L[t]);               \
       }                                                                                   \
-      if (dV) gemm_##SUF(true, false, Sk, D, Tq, 1, P, Sk, G, p->gs[2], 1, dV, D);        \
+      if (dV) attn_gemm_##SUF(true, false, Sk, D, Tq, 1, P, Sk, G, p->gs[2], 1, dV, D);        \
       if (!need_ds) continue;                                                             \
-      gemm_##SUF(false, true, Tq, Sk, D, 1, G, p->gs[2], V, p->vs[2], 0, dP, Sk);         \
+      attn_gemm_##SUF(false, true, Tq, Sk, D, 1, G, p->gs[2], V, p->vs[2], 0, dP, Sk);         \
       T sc = (T)p->scale;                                                                 \
       if (par) {                                                                          \
         _Pragma("omp parallel for schedule(static)")                                      \
@@ -211,9 +210,9 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
       }                                                                                   \
       if (p->dq) {                                                                        \
         T *dQ = (T *)p->dq + (b * p->H + h) * Tq * D;                                     \
-        gemm_##SUF(false, false, Tq, D, Sk, 1, dP, Sk, K, p->ks[2], 0, dQ, D);            \
+        attn_gemm_##SUF(false, false, Tq, D, Sk, 1, dP, Sk, K, p->ks[2], 0, dQ, D);            \
       }                                                                                   \
-      if (dK) gemm_##SUF(true, false, Sk, D, Tq, 1, dP, Sk, Q, p->qs[2], 1, dK, D);       \
+      if (dK) attn_gemm_##SUF(true, false, Sk, D, Tq, 1, dP, Sk, Q, p->qs[2], 1, dK, D);       \
     }                                                                                     \
   }                                                                                       \
                                                                                           \
@@ -240,8 +239,14 @@ static inline int64_t attn_limit(const attn_plan *p, int64_t t) {
     }                                                                                     \
   }
 
-ATTN_KERNELS(f32, float, cblas_sgemm)
-ATTN_KERNELS(f64, double, cblas_dgemm)
+static void dgemm_blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double *A, int64_t lda,
+                       const double *B, int64_t ldb, double beta, double *C, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K,
+              alpha, A, (int)lda, B, (int)ldb, beta, C, (int)ldc);
+}
+
+ATTN_KERNELS(f32, float, gemm_f32)
+ATTN_KERNELS(f64, double, dgemm_blas)
 
 /* ---- plumbing ------------------------------------------------------------- */
 

@@ -5,7 +5,7 @@
  *
  * The kept rows (label >= 0; the others are never read) are cut into chunks
  * of R rows and the vocabulary into blocks of Vb tokens; one tile of R×Vb
- * logits lives at a time, made by one gemm (OpenBLAS). Forward, per chunk:
+ * logits lives at a time, made by one gemm (gemm_f32). Forward, per chunk:
  * an online logsumexp over the blocks (each block's max and Σexp, merged in
  * float64) and the label's logit; only the (K) logsumexp is kept, in
  * float64. Backward: recompute each tile, turn it in place into
@@ -111,8 +111,7 @@ static void gemm(eng_dtype dt, bool ta, bool tb, int64_t M, int64_t N, int64_t K
     cblas_dgemm(CblasRowMajor, a, b, (blasint)M, (blasint)N, (blasint)K, 1.0, A, (blasint)lda, B, (blasint)ldb,
                 beta, Cm, (blasint)ldc);
   else
-    cblas_sgemm(CblasRowMajor, a, b, (blasint)M, (blasint)N, (blasint)K, 1.0f, A, (blasint)lda, B, (blasint)ldb,
-                (float)beta, Cm, (blasint)ldc);
+    gemm_f32(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, (float)beta, Cm, ldc);
 }
 
 /* the rows [k0, k0+n) of h as an (n,C) row-major matrix (gathered into hb

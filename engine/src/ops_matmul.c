@@ -1,5 +1,6 @@
 /* ops_matmul.c — eng_matmul and its backward: batched, broadcasting matrix
- * products on OpenBLAS (cblas_sgemm for float32, cblas_dgemm for float64).
+ * products through gemm_f32 (gemm_f32.c: the engine's AVX-512 kernel, or
+ * OpenBLAS's cblas_sgemm) for float32 and cblas_dgemm for float64.
  *
  * How an operand reaches BLAS: the last two dims of each operand are read in
  * place, as a row-major matrix with a leading dim (CblasNoTrans) or as a
@@ -18,7 +19,7 @@
  * would spend most of its time packing b, once per call.
  * The forward takes that path with or without grad, so a product has the
  * same value in training and in evaluation; the products matmul_backward
- * computes always go to BLAS, so gradients are what they were.
+ * computes always go to gemm_f32, so gradients are what they were.
  *
  * Not here: vector-specific BLAS calls (gemv, dot; gemm covers them), integer
  * types, and outputs written into caller-provided buffers. */
@@ -138,8 +139,8 @@ static void gemm(eng_dtype dt, blas_mat la, blas_mat lb, int64_t M, int64_t N, i
     cblas_dgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, 1.0, (const double *)A,
                 (blasint)la.ld, (const double *)B, (blasint)lb.ld, 0.0, (double *)C, (blasint)ldc);
   else
-    cblas_sgemm(CblasRowMajor, ta, tb, (blasint)M, (blasint)N, (blasint)K, 1.0f, (const float *)A,
-                (blasint)la.ld, (const float *)B, (blasint)lb.ld, 0.0f, (float *)C, (blasint)ldc);
+    gemm_f32(la.trans, lb.trans, M, N, K, 1.0f, (const float *)A, la.ld, (const float *)B, lb.ld, 0.0f, (float *)C,
+             ldc);
 }
 
 static bool fits_int(int64_t v) { return v <= INT_MAX; }
