@@ -67,5 +67,6 @@ LB_API void binding_tokenizer_open(lua_State *L);
 LB_API void binding_optim_open(lua_State *L);
 LB_API void binding_sampling_open(lua_State *L);
 LB_API void binding_fused_open(lua_State *L);
+LB_API void binding_fpmode_open(lua_State *L);
 
 #endif
