@@ -3,8 +3,11 @@
 -- gradient), at N = 1024 positions, C = 768, float32, for V = 50257 (GPT-2)
 -- and V = 8192. Three ways, each in its own process so that its peak memory
 -- is its own:
---   fused    E.linear_logprobs(h, W, labels): tiles of rows × tokens, the
---            backward recomputes the logits (what CausalLM:logprobs runs now)
+--   fused    E.linear_logprobs(h, W, labels): tiles of rows × tokens (what
+--            CausalLM:logprobs runs now). Its backward reads the logits the
+--            forward kept when they fit its keep budget (64 MiB: here
+--            V = 8192, 34 MB; the pool peak then holds them) and recomputes
+--            them tile by tile otherwise (V = 50257, 206 MB)
 --   chunked  the Lua path CausalLM:logprobs ran before: per chunk of about
 --            4M logits, matmul(h_chunk, Wᵀ) then token_logprobs, chunks
 --            concatenated (each chunk's logits stay on the tape)
@@ -23,6 +26,7 @@ local E = require("engine")
 
 local N, C = 1024, 768
 local MB = 1e6
+local KEEP_BUDGET = 64 * 1024 * 1024 -- ops_linear_logprobs.c's LLP_KEEP_BYTES
 
 -- VmRSS and VmHWM of this process, in bytes
 local function rss()
@@ -178,7 +182,8 @@ print(string.format("LM head log-probs, forward + backward: N=%d C=%d float32, %
   threads, reps))
 for _, V in ipairs({ 50257, 8192 }) do
   local grads = (N * C + V * C) * 4
-  print(string.format("\nV=%d   (logits %.0f MB; the gradients dh + dW alone: %.0f MB)", V, N * V * 4 / MB, grads / MB))
+  print(string.format("\nV=%d   (logits %.0f MB: fused %s; the gradients dh + dW alone: %.0f MB)", V,
+    N * V * 4 / MB, N * V * 4 <= KEEP_BUDGET and "keeps them for the backward" or "recomputes them", grads / MB))
   print("  way        fwd ms    bwd ms  total ms   pool peak MB   rss peak MB")
   local res = {}
   for _, way in ipairs({ "fused", "chunked", "pytorch" }) do

@@ -71,6 +71,12 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
 bool gemm_f32_engine_kernel(void);
 void gemm_f32_set_engine_kernel(bool on); /* for benchmarks and tests */
 
+/* ---- the fused LM head (ops_linear_logprobs.c) ---------------------------- */
+/* the budget in bytes for keeping the (K,V) logits from forward to backward:
+ * 0 never keeps them, < 0 restores the default (64 MiB); returns the previous
+ * budget. For tests and benchmarks. */
+int64_t linear_logprobs_set_keep_budget(int64_t bytes);
+
 /* ---- errors ------------------------------------------------------------- */
 /* sets the message; returns NULL so `return eng_errorf(...)` works */
 void *eng_errorf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,14 +1,16 @@
 /* ops_linear_logprobs.c — eng_linear_logprobs (engine_fused.h): the
  * log-probability of each position's label under a linear LM head,
  *   logp[n] = z[n,y_n] − logsumexp_v z[n,v],   z[n,v] = h[n]·W[v],
- * without the (N,V) logits ever existing at once.
+ * without the (N,V) logits ever existing at once (unless they are small
+ * and a backward will want them: "Kept logits" below).
  *
  * The kept rows (label >= 0; the others are never read) are cut into chunks
  * of R rows and the vocabulary into blocks of Vb tokens; one tile of R×Vb
  * logits lives at a time, made by one gemm (gemm_f32). Forward, per chunk:
  * an online logsumexp over the blocks (each block's max and Σexp, merged in
  * float64) and the label's logit; only the (K) logsumexp is kept, in
- * float64. Backward: recompute each tile, turn it in place into
+ * float64 (and the logits when small: below). Backward: recompute each
+ * tile, turn it in place into
  *   G = g·(onehot(y) − softmax(z))          (R,Vb)
  * and accumulate
  *   dh_chunk += G · W_block                 (R,Vb)·(Vb,C)
@@ -18,9 +20,27 @@
  * one chunk (the default up to LLP_ROWS kept rows) each block of dW is
  * written once and never re-read.
  *
- * Cost: the forward is the head's gemm (2NVC flops); the backward is three
- * (6NVC), one more than the unfused matmul's backward, in exchange for
- * never holding the (N,V) logits or their gradient.
+ * Kept logits: when a gradient is being recorded and the whole (K,V)
+ * logits take at most the keep budget (LLP_KEEP_BYTES, 64 MiB; K·V·4 bytes
+ * in float32), the forward's gemm writes each tile into a saved (K·V)
+ * buffer on the node, tile after tile (the tile of rows [k0,k0+n) and
+ * tokens [v0,v0+vb) at element k0·V + n·v0, rows vb apart), and the backward
+ * turns those tiles into G in place instead of recomputing them. Same tiles,
+ * same order, same kernels, and the forward's tiles are the very bits the
+ * recompute gemm makes (same operands and shapes; the gemm is
+ * deterministic), so the backward's results are bit-identical to the
+ * recompute path's (tests/c/test_linear_logprobs.c compares them bit for
+ * bit). The buffer is dropped as soon as the backward has used it (it then
+ * holds G, not logits), or with the node when the graph is dropped unused;
+ * nothing is kept when no gradient is recorded (eval, reference log-probs),
+ * above the budget, or when the buffer cannot be had (then recompute).
+ * linear_logprobs_set_keep_budget changes the budget (tests, benchmarks).
+ *
+ * Cost: the forward is the head's gemm (2KVC flops). With kept logits the
+ * backward is two gemms (4KVC): 3 in all, as the unfused head, which also
+ * holds the logits from forward to backward (here K·V·4 bytes, no more
+ * than the budget). Above the budget it is three (6KVC): 4 in all, in
+ * exchange for never holding the (K,V) logits or their gradient.
  *
  * Numerics as eng_token_logprobs: logsumexp in float64; the softmax
  * recomputed as exp((z − hi) − lo), the logsumexp split in two floats; a
@@ -41,6 +61,13 @@
 #define LLP_TILE ((int64_t)1 << 22) /* default logits per tile: 16 MB in float32 */
 #define LLP_ROWS 1024               /* default rows per chunk */
 #define LLP_MIN_VB 256              /* narrowest default vocabulary block */
+#define LLP_KEEP_BYTES ((int64_t)64 << 20) /* kept logits at most: 64 MiB */
+
+static int64_t keep_budget = LLP_KEEP_BYTES;
+
+int64_t linear_logprobs_set_keep_budget(int64_t bytes) {
+  return __atomic_exchange_n(&keep_budget, bytes < 0 ? LLP_KEEP_BYTES : bytes, __ATOMIC_RELAXED);
+}
 
 /* a matrix as BLAS reads it: element (i,j) at p[i·ld + j], or p[j·ld + i] when trans */
 typedef struct {
@@ -57,7 +84,8 @@ typedef struct {
   const eng_tensor *h;  /* (...,C) */
   bool direct;          /* h contiguous and every row kept: chunks are read in place */
   llp_mat w;            /* (V,C) */
-  char *zb;             /* (R,Vb) the tile */
+  char *zb;             /* (R,Vb) the tile (unless zs) */
+  char *zs;             /* (K·V) every tile, kept from the forward for the backward, or NULL */
   char *hb;             /* (R,C) gathered rows (unless direct) */
   double *lse;          /* (K) */
   /* forward */
@@ -137,22 +165,30 @@ static const char *chunk_h(const llp_plan *p, int64_t k0, int64_t n) {
   return p->hb;
 }
 
-/* the tile (n,vb) <- Hc (n,C) · W[v0:v0+vb]ᵀ */
-static void tile_logits(const llp_plan *p, const char *Hc, int64_t n, int64_t v0, int64_t vb) {
+/* where the tile of the chunk at k0 (n rows) and the block at v0 lives: its
+ * place in the kept logits, or the one tile buffer */
+static char *tile_at(const llp_plan *p, int64_t k0, int64_t n, int64_t v0) {
+  if (!p->zs) return p->zb;
+  return p->zs + (size_t)(k0 * p->V + n * v0) * dtype_size(p->dt);
+}
+
+/* the tile Z (n,vb) <- Hc (n,C) · W[v0:v0+vb]ᵀ */
+static void tile_logits(const llp_plan *p, char *Z, const char *Hc, int64_t n, int64_t v0, int64_t vb) {
   size_t es = dtype_size(p->dt);
   if (p->C == 0) {
-    memset(p->zb, 0, (size_t)(n * vb) * es);
+    memset(Z, 0, (size_t)(n * vb) * es);
     return;
   }
   const char *wb = p->w.p + (size_t)(p->w.trans ? v0 : v0 * p->w.ld) * es;
-  gemm(p->dt, false, !p->w.trans, n, vb, p->C, Hc, p->C, wb, p->w.ld, 0.0, p->zb, vb);
+  gemm(p->dt, false, !p->w.trans, n, vb, p->C, Hc, p->C, wb, p->w.ld, 0.0, Z, vb);
 }
 
 #define LLP_KERNELS(SFX, TY)                                                                       \
-  /* merge the tile's rows into each row's running max m, Σexp(z − m) s and label logit zy */      \
-  static void tile_stats_##SFX(const llp_plan *p, int64_t k0, int64_t n, int64_t v0, int64_t vb,   \
-                               double *m, double *s, double *zy) {                                 \
-    const TY *Z = (const TY *)p->zb;                                                               \
+  /* merge the rows of the tile zt into each row's running max m, Σexp(z − m) s and label     \
+   * logit zy */                                                                                   \
+  static void tile_stats_##SFX(const llp_plan *p, const char *zt, int64_t k0, int64_t n,           \
+                               int64_t v0, int64_t vb, double *m, double *s, double *zy) {         \
+    const TY *Z = (const TY *)zt;                                                                  \
     _Pragma("omp parallel for schedule(static) if (n * vb >= PARALLEL_MIN)")                       \
     for (int64_t i = 0; i < n; i++) {                                                              \
       const TY *row = Z + i * vb;                                                                  \
@@ -176,10 +212,11 @@ static void tile_logits(const llp_plan *p, const char *Hc, int64_t n, int64_t v0
     }                                                                                              \
   }                                                                                                \
                                                                                                    \
-  /* the tile, in place: G = a·(onehot(y) − exp(z − lse)) with a = g at the row; 0 on rows with   \
-   * a = 0 or lse = -inf (all -inf logits) */                                                      \
-  static void tile_grad_##SFX(const llp_plan *p, int64_t k0, int64_t n, int64_t v0, int64_t vb) {  \
-    TY *Z = (TY *)p->zb;                                                                           \
+  /* the tile zt, in place: G = a·(onehot(y) − exp(z − lse)) with a = g at the row; 0 on rows     \
+   * with a = 0 or lse = -inf (all -inf logits) */                                                 \
+  static void tile_grad_##SFX(const llp_plan *p, char *zt, int64_t k0, int64_t n, int64_t v0,      \
+                              int64_t vb) {                                                        \
+    TY *Z = (TY *)zt;                                                                              \
     _Pragma("omp parallel for schedule(static) if (n * vb >= PARALLEL_MIN)")                       \
     for (int64_t i = 0; i < n; i++) {                                                              \
       TY *row = Z + i * vb;                                                                        \
@@ -210,7 +247,8 @@ static void tile_logits(const llp_plan *p, const char *Hc, int64_t n, int64_t v0
 LLP_KERNELS(f32, float)
 LLP_KERNELS(f64, double)
 
-/* forward: p->lse and p->lp for every kept row; m, s, zy have R entries */
+/* forward: p->lse and p->lp for every kept row (and the logits in p->zs when
+ * kept); m, s, zy have R entries */
 static void llp_forward(const llp_plan *p, double *m, double *s, double *zy) {
   bool f64 = p->dt == ENG_DTYPE_F64;
   for (int64_t k0 = 0; k0 < p->K; k0 += p->R) {
@@ -223,14 +261,17 @@ static void llp_forward(const llp_plan *p, double *m, double *s, double *zy) {
     }
     for (int64_t v0 = 0; v0 < p->V; v0 += p->Vb) {
       int64_t vb = p->V - v0 < p->Vb ? p->V - v0 : p->Vb;
-      tile_logits(p, Hc, n, v0, vb);
-      f64 ? tile_stats_f64(p, k0, n, v0, vb, m, s, zy) : tile_stats_f32(p, k0, n, v0, vb, m, s, zy);
+      char *Z = tile_at(p, k0, n, v0);
+      tile_logits(p, Z, Hc, n, v0, vb);
+      f64 ? tile_stats_f64(p, Z, k0, n, v0, vb, m, s, zy) : tile_stats_f32(p, Z, k0, n, v0, vb, m, s, zy);
     }
     f64 ? chunk_finish_f64(p, k0, n, m, s, zy) : chunk_finish_f32(p, k0, n, m, s, zy);
   }
 }
 
-/* backward: p->dh (rows of skipped labels left as they are) and p->dw, each when not NULL */
+/* backward: p->dh (rows of skipped labels left as they are) and p->dw, each
+ * when not NULL; the tiles are recomputed, or read from p->zs (and turned
+ * into G there) when the forward kept them */
 static void llp_backward_run(const llp_plan *p) {
   bool f64 = p->dt == ENG_DTYPE_F64;
   size_t es = dtype_size(p->dt);
@@ -241,16 +282,16 @@ static void llp_backward_run(const llp_plan *p) {
     char *dHc = !p->dh ? NULL : p->direct ? p->dh + (size_t)(k0 * C) * es : p->dhb;
     for (int64_t v0 = 0; v0 < p->V; v0 += p->Vb) {
       int64_t vb = p->V - v0 < p->Vb ? p->V - v0 : p->Vb;
-      tile_logits(p, Hc, n, v0, vb);
-      f64 ? tile_grad_f64(p, k0, n, v0, vb) : tile_grad_f32(p, k0, n, v0, vb);
+      char *Z = tile_at(p, k0, n, v0);
+      if (!p->zs) tile_logits(p, Z, Hc, n, v0, vb);
+      f64 ? tile_grad_f64(p, Z, k0, n, v0, vb) : tile_grad_f32(p, Z, k0, n, v0, vb);
       if (C == 0) continue;
       if (p->dh) {
         const char *wb = p->w.p + (size_t)(p->w.trans ? v0 : v0 * p->w.ld) * es;
-        gemm(p->dt, false, p->w.trans, n, C, vb, p->zb, vb, wb, p->w.ld, v0 == 0 ? 0.0 : 1.0, dHc, C);
+        gemm(p->dt, false, p->w.trans, n, C, vb, Z, vb, wb, p->w.ld, v0 == 0 ? 0.0 : 1.0, dHc, C);
       }
       if (p->dw)
-        gemm(p->dt, true, false, vb, C, n, p->zb, vb, Hc, C, k0 == 0 ? 0.0 : 1.0, p->dw + (size_t)(v0 * C) * es,
-             C);
+        gemm(p->dt, true, false, vb, C, n, Z, vb, Hc, C, k0 == 0 ? 0.0 : 1.0, p->dw + (size_t)(v0 * C) * es, C);
     }
     if (p->dh && !p->direct && C > 0)
       for (int64_t i = 0; i < n; i++)
@@ -295,9 +336,10 @@ static void tile_shape(int64_t K, int64_t V, int64_t chunk_rows, int64_t chunk_v
   *Vb = vb;
 }
 
-/* fill p (all but lp, lse, coef, dh, dw) for h, w and the kept rows; backward adds dhb */
+/* fill p (all but lp, lse, coef, dh, dw) for h, w and the kept rows; zs the
+ * kept logits (no tile buffer then) or NULL; backward adds dhb */
 static int plan_init(llp_plan *p, llp_work *wk, eng_tensor *h, eng_tensor *w, const int64_t *rows,
-                     const int64_t *lab, int64_t K, int64_t R, int64_t Vb, bool backward) {
+                     const int64_t *lab, int64_t K, int64_t R, int64_t Vb, char *zs, bool backward) {
   memset(p, 0, sizeof *p);
   memset(wk, 0, sizeof *wk);
   p->dt = h->dtype;
@@ -318,9 +360,12 @@ static int plan_init(llp_plan *p, llp_work *wk, eng_tensor *h, eng_tensor *w, co
     w_layout(wk->wc, &p->w);
   }
   if (K == 0) return 0;
-  wk->zb = buffer(p->dt, R, Vb);
-  if (!wk->zb) return -1;
-  p->zb = tensor_ptr(wk->zb);
+  p->zs = zs;
+  if (!zs) {
+    wk->zb = buffer(p->dt, R, Vb);
+    if (!wk->zb) return -1;
+    p->zb = tensor_ptr(wk->zb);
+  }
   if (!p->direct) {
     wk->hb = buffer(p->dt, R, p->C);
     if (!wk->hb) return -1;
@@ -338,7 +383,8 @@ static int plan_init(llp_plan *p, llp_work *wk, eng_tensor *h, eng_tensor *w, co
 
 /* out_n = z[n,y_n] − lse_n  =>  dout/dz_n = g_n·(onehot(y_n) − softmax(z_n)); with z = h·Wᵀ:
  *   dh = G·W,  dW = Gᵀ·h   (G (N,V), 0 on rows whose label is < 0)
- * inputs h, w; saved[0] the (K) logsumexp; extra the kept rows (K) then their labels (K);
+ * inputs h, w; saved[0] the (K) logsumexp, saved[1] the (K·V) logits when kept (else NULL;
+ * dropped here once used: it then holds G); extra the kept rows (K) then their labels (K);
  * iparams K, R, Vb */
 static int linear_logprobs_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {
   eng_tensor *h = n->inputs[0], *w = n->inputs[1];
@@ -348,7 +394,8 @@ static int linear_logprobs_backward(eng_node *n, eng_tensor *g, eng_tensor **gin
   llp_work wk;
   double *coef = malloc(sizeof(double) * (size_t)(K ? K : 1));
   if (!coef) return eng_errorf_status(OP ": out of memory");
-  int rc = plan_init(&p, &wk, h, w, rows, lab, K, R, Vb, true);
+  char *zs = n->saved[1] ? tensor_ptr(n->saved[1]) : NULL;
+  int rc = plan_init(&p, &wk, h, w, rows, lab, K, R, Vb, zs, true);
   eng_tensor *dh = NULL, *dw = NULL;
   if (rc == 0 && h->requires_grad) {
     dh = p.direct ? tensor_new(h->dtype, h->ndim, h->shape) : eng_zeros(h->dtype, h->ndim, h->shape);
@@ -369,6 +416,8 @@ static int linear_logprobs_backward(eng_node *n, eng_tensor *g, eng_tensor **gin
     p.dh = dh ? tensor_ptr(dh) : NULL;
     p.dw = dw ? tensor_ptr(dw) : NULL;
     llp_backward_run(&p);
+    eng_tensor_release(n->saved[1]);
+    n->saved[1] = NULL;
   }
   plan_free(&wk);
   free(coef);
@@ -455,12 +504,23 @@ eng_tensor *eng_linear_logprobs(eng_tensor *h, eng_tensor *w, eng_tensor *labels
   int64_t *idx = read_kept(labels, V, &K);
   if (!idx) return NULL;
   tile_shape(K, V, chunk_rows, chunk_vocab, &R, &Vb);
+  eng_tensor *in[2] = {h, w};
+  /* keep the logits for the backward when one is recorded and they fit the budget */
+  int64_t budget = __atomic_load_n(&keep_budget, __ATOMIC_RELAXED), es = (int64_t)dtype_size(h->dtype);
+  eng_tensor *kept = NULL;
+  if (K > 0 && needs_grad(2, in) && K <= budget / es / V) {
+    int64_t KV = K * V;
+    kept = tensor_new(h->dtype, 1, &KV);
+    if (!kept) eng_clear_error(); /* no room: recompute in the backward instead */
+  }
   llp_plan p;
   llp_work wk = {0};
   eng_tensor *out = eng_zeros(h->dtype, labels->ndim, labels->shape);
   eng_tensor *lse = tensor_new(ENG_DTYPE_F64, 1, &K);
   double *stats = malloc(sizeof(double) * (size_t)(3 * R));
-  int rc = (out && lse && stats) ? plan_init(&p, &wk, h, w, idx, idx + K, K, R, Vb, false) : -1;
+  int rc = (out && lse && stats)
+               ? plan_init(&p, &wk, h, w, idx, idx + K, K, R, Vb, kept ? tensor_ptr(kept) : NULL, false)
+               : -1;
   if (rc == 0) {
     p.lse = tensor_ptr(lse);
     p.lp = tensor_ptr(out);
@@ -473,13 +533,14 @@ eng_tensor *eng_linear_logprobs(eng_tensor *h, eng_tensor *w, eng_tensor *labels
   if (rc) {
     eng_tensor_release(out);
     eng_tensor_release(lse);
+    eng_tensor_release(kept);
     free(idx);
     return NULL;
   }
-  eng_tensor *in[2] = {h, w};
   eng_node *n = node_attach(out, OP, linear_logprobs_backward, 2, in);
   if (n) {
     node_save(n, 0, lse);
+    node_save(n, 1, kept);
     n->iparams[0] = K;
     n->iparams[1] = R;
     n->iparams[2] = Vb;
@@ -488,5 +549,6 @@ eng_tensor *eng_linear_logprobs(eng_tensor *h, eng_tensor *w, eng_tensor *labels
   }
   free(idx);
   eng_tensor_release(lse);
+  eng_tensor_release(kept);
   return out;
 }

@@ -3,12 +3,34 @@
  * finite-difference gradient checks of h and W (skipped labels, tiles that
  * do not divide the rows or the vocabulary, strided h and W, one row),
  * agreement with the unfused matmul + token_logprobs path in float32
- * (values and both gradients, on the threaded path), the extremes, the
- * memory the forward keeps, determinism, and the exact error messages.
- * Results are compared at a fixed thread count (OMP_NUM_THREADS=2 under
- * ctest): OpenBLAS's rounding depends on it. */
+ * (values and both gradients, on the threaded path), the extremes,
+ * determinism: each of these on both backward paths, with the forward's
+ * logits kept (under the keep budget) and recomputed (budget forced to 0).
+ * Then the two paths against each other bit for bit, which one is taken
+ * (budget, grad mode), the memory each keeps and when it is given back,
+ * and the exact error messages. Results are compared at a fixed thread
+ * count (OMP_NUM_THREADS=2 under ctest): OpenBLAS's rounding depends on it. */
 #include "check.h"
 #include "internal.h"
+
+/* ops_linear_logprobs.c: the keep budget in bytes (0 never keeps, < 0 the default);
+ * returns the previous one */
+
+#define DEFAULT_BUDGET ((int64_t)64 << 20)
+
+/* a test on each backward path: logits kept from the forward, then recomputed */
+#define RUN_BOTH(test)                                                                             \
+  do {                                                                                             \
+    for (int path_ = 0; path_ < 2; path_++) {                                                      \
+      linear_logprobs_set_keep_budget(path_ ? 0 : -1);                                             \
+      printf("%-11s", path_ ? "recomputed" : "kept");                                              \
+      RUN(test);                                                                                   \
+    }                                                                                              \
+    linear_logprobs_set_keep_budget(-1);                                                           \
+  } while (0)
+
+/* whether lp's node holds the forward's logits */
+static bool kept_logits(const eng_tensor *lp) { return lp->grad_fn && lp->grad_fn->saved[1]; }
 
 static eng_tensor *randn(eng_dtype dt, uint64_t seed, int nd, const int64_t *shape, double scale, bool grad) {
   eng_rng *r = eng_rng_new(seed);
@@ -379,12 +401,178 @@ static void test_extremes(void) {
   eng_tensor_release(h);
 }
 
+/* ---- the two backward paths ----------------------------------------------------------- */
+
+/* h (N,C) (or a strided view), W (V,C) (or a transposed view), labels, grad_out and the
+ * tile; lp, dh, dW from the kept path and from the recomputed one, which must agree bit for
+ * bit: same tiles, same order, same arithmetic, and the forward's tiles are the bits the
+ * recompute gemm makes */
+static void check_paths_agree(eng_tensor *h, eng_tensor *w, eng_tensor *lab, eng_tensor *g, int64_t rows,
+                              int64_t vocab) {
+  eng_tensor *res[2][3];
+  for (int path = 0; path < 2; path++) {
+    linear_logprobs_set_keep_budget(path ? 0 : -1);
+    eng_set_grad(h, NULL);
+    eng_set_grad(w, NULL);
+    eng_tensor *lp = eng_linear_logprobs(h, w, lab, rows, vocab);
+    CHECK(lp && kept_logits(lp) == (path == 0));
+    CHECK(eng_backward(lp, g) == 0);
+    res[path][0] = lp;
+    res[path][1] = eng_tensor_retain(eng_grad(h));
+    res[path][2] = eng_tensor_retain(eng_grad(w));
+  }
+  linear_logprobs_set_keep_budget(-1);
+  for (int j = 0; j < 3; j++) {
+    CHECK(!res[0][j] == !res[1][j]);
+    if (!res[0][j] || !res[1][j]) {
+      eng_tensor_release(res[0][j]);
+      eng_tensor_release(res[1][j]);
+      continue;
+    }
+    size_t bytes = (size_t)eng_tensor_numel(res[0][j]) * dtype_size(eng_tensor_dtype(res[0][j]));
+    CHECK(eng_tensor_is_contiguous(res[0][j]) && eng_tensor_is_contiguous(res[1][j]));
+    CHECK(memcmp(eng_tensor_data(res[0][j]), eng_tensor_data(res[1][j]), bytes) == 0);
+    eng_tensor_release(res[0][j]);
+    eng_tensor_release(res[1][j]);
+  }
+}
+
+static void test_paths_bit_identical(void) {
+  /* float32, (B,T,C) with skipped rows (gathered), several vocabulary blocks, threaded kernels */
+  const int64_t B = 3, Tn = 45, C = 48, V = 2500, N = B * Tn;
+  eng_tensor *h = randn(ENG_DTYPE_F32, 71, 3, (int64_t[]){B, Tn, C}, 1, true);
+  eng_tensor *w = randn(ENG_DTYPE_F32, 72, 2, (int64_t[]){V, C}, 0.3, true);
+  double *lv = malloc(sizeof(double) * (size_t)N);
+  for (int64_t r = 0; r < N; r++) lv[r] = r % 5 == 1 ? -100 : (double)((r * 613) % V);
+  eng_tensor *lab = T(ENG_DTYPE_F32, 2, ((int64_t[]){B, Tn}), lv);
+  eng_tensor *g = randn(ENG_DTYPE_F32, 73, 2, (int64_t[]){B, Tn}, 1, false);
+  int64_t tiles[][2] = {{0, 0}, {64, 700}, {N, 512}, {50, V}, {7, 300}};
+  for (int t = 0; t < 5; t++) check_paths_agree(h, w, lab, g, tiles[t][0], tiles[t][1]);
+  /* every row kept and h contiguous (read in place) */
+  for (int64_t r = 0; r < N; r++) lv[r] = (double)((r * 389) % V);
+  eng_tensor *lab_all = T(ENG_DTYPE_F64, 2, ((int64_t[]){B, Tn}), lv);
+  check_paths_agree(h, w, lab_all, g, 0, 0);
+  check_paths_agree(h, w, lab_all, g, 40, 1000);
+  /* only W, then only h requiring grad */
+  eng_set_requires_grad(h, false);
+  check_paths_agree(h, w, lab, g, 64, 700);
+  eng_set_requires_grad(h, true);
+  eng_set_requires_grad(w, false);
+  check_paths_agree(h, w, lab, g, 64, 700);
+  eng_tensor_release(lab_all);
+  eng_tensor_release(g);
+  eng_tensor_release(lab);
+  free(lv);
+  eng_tensor_release(w);
+  eng_tensor_release(h);
+  /* float64, h a transposed (2,3,C) view, W a transposed view of a (C,V) leaf (read as Wᵀ) */
+  eng_rng *r = eng_rng_new(74);
+  eng_tensor *hb = eng_randn(r, ENG_DTYPE_F64, 3, (int64_t[]){3, 2, 8});
+  eng_tensor *wb = eng_randn(r, ENG_DTYPE_F64, 2, (int64_t[]){8, 300});
+  eng_rng_free(r);
+  h = tensor_view(hb, 3, (int64_t[]){2, 3, 8}, (int64_t[]){8, 16, 1}, 0);
+  w = tensor_view(wb, 2, (int64_t[]){300, 8}, (int64_t[]){1, 300}, 0);
+  eng_set_requires_grad(h, true);
+  eng_set_requires_grad(w, true);
+  lab = T(ENG_DTYPE_F64, 2, ((int64_t[]){2, 3}), ((double[]){299, -1, 0, 17, 17, 150}));
+  g = T(ENG_DTYPE_F64, 2, ((int64_t[]){2, 3}), ((double[]){1, 2, -0.5, 3, 0.25, -1}));
+  check_paths_agree(h, w, lab, g, 2, 64);
+  check_paths_agree(h, w, lab, g, 0, 0);
+  eng_tensor_release(g);
+  eng_tensor_release(lab);
+  eng_tensor_release(w);
+  eng_tensor_release(h);
+  eng_tensor_release(wb);
+  eng_tensor_release(hb);
+}
+
+/* a probe op: y = x, whose backward passes the gradient on and notes whether probe_head
+ * (a linear_logprobs node above it, whose backward has run by then) still holds logits */
+static eng_node *probe_head;
+static bool probe_saw_logits;
+
+static int probe_backward(eng_node *n, eng_tensor *g, eng_tensor **gin) {
+  probe_saw_logits = probe_head && probe_head->saved[1];
+  gin[0] = eng_tensor_retain(g);
+  return 0;
+}
+
+static eng_tensor *probe(eng_tensor *x) {
+  eng_tensor *y = eng_contiguous(x);
+  eng_tensor *out = eng_detach(y);
+  eng_tensor_release(y);
+  node_attach(out, "probe", probe_backward, 1, &x);
+  return out;
+}
+
+/* the logits are kept when K·V·(dtype size) <= the budget (64 MiB by default) and a gradient
+ * is recorded; never in eval (grad mode off, or no input requiring grad), or with no kept row */
+static void test_which_path(void) {
+  CHECK(linear_logprobs_set_keep_budget(-1) == DEFAULT_BUDGET);
+  CHECK(linear_logprobs_set_keep_budget(-1) == DEFAULT_BUDGET);
+  const int64_t N = 6, C = 3, V = 10;
+  eng_tensor *h = randn(ENG_DTYPE_F32, 81, 2, (int64_t[]){N, C}, 1, true);
+  eng_tensor *w = randn(ENG_DTYPE_F32, 82, 2, (int64_t[]){V, C}, 1, true);
+  eng_tensor *h64 = t_randn64(83, 2, (int64_t[]){N, C}), *w64 = t_randn64(84, 2, (int64_t[]){V, C});
+  eng_tensor *lab = labels_of(6, (double[]){1, -1, 9, 0, -100, 4}); /* K = 4 */
+  struct {
+    int64_t budget;
+    eng_tensor *h, *w;
+    bool kept;
+  } cases[] = {
+      {4 * V * 4, h, w, true},          {4 * V * 4 - 1, h, w, false},     {4 * V * 8, h64, w64, true},
+      {4 * V * 8 - 1, h64, w64, false}, {DEFAULT_BUDGET, h, w, true},     {0, h, w, false},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    linear_logprobs_set_keep_budget(cases[i].budget);
+    eng_tensor *lp = eng_linear_logprobs(cases[i].h, cases[i].w, lab, 0, 0);
+    CHECK(kept_logits(lp) == cases[i].kept);
+    if (cases[i].kept && kept_logits(lp)) CHECK(eng_tensor_numel(lp->grad_fn->saved[1]) == 4 * V);
+    eng_tensor_release(lp);
+  }
+  linear_logprobs_set_keep_budget(-1);
+  /* eval: grad mode off, or nothing requiring grad: no node, nothing kept */
+  bool prev = eng_set_grad_enabled(false);
+  eng_tensor *lp = eng_linear_logprobs(h, w, lab, 0, 0);
+  CHECK(lp && !lp->grad_fn);
+  eng_tensor_release(lp);
+  eng_set_grad_enabled(prev);
+  eng_tensor *hc = randn(ENG_DTYPE_F32, 81, 2, (int64_t[]){N, C}, 1, false);
+  eng_tensor *wc = randn(ENG_DTYPE_F32, 82, 2, (int64_t[]){V, C}, 1, false);
+  lp = eng_linear_logprobs(hc, wc, lab, 0, 0);
+  CHECK(lp && !lp->grad_fn);
+  eng_tensor_release(lp);
+  /* no kept row: nothing to keep */
+  eng_tensor *none = labels_of(6, (double[]){-1, -1, -1, -1, -1, -1});
+  lp = eng_linear_logprobs(h, w, none, 0, 0);
+  CHECK(lp && lp->grad_fn && !kept_logits(lp));
+  eng_tensor_release(lp);
+  /* the head's backward gives the kept logits back at once, before the backwards of the
+   * ops below it run (not only when the whole backward ends): a probe op under h looks */
+  eng_tensor *hp = probe(h);
+  lp = eng_linear_logprobs(hp, w, lab, 0, 0);
+  eng_tensor *s = eng_sum(lp, ENG_ALL_DIMS, false);
+  probe_head = lp->grad_fn;
+  probe_saw_logits = true;
+  CHECK(kept_logits(lp));
+  CHECK(eng_backward(s, NULL) == 0);
+  CHECK(!probe_saw_logits);
+  CHECK(eng_grad(h) != NULL);
+  probe_head = NULL;
+  eng_tensor_release(s);
+  eng_tensor_release(lp);
+  eng_tensor_release(hp);
+  eng_tensor *objs[] = {none, hc, wc, lab, h, w, h64, w64};
+  for (size_t i = 0; i < sizeof objs / sizeof objs[0]; i++) eng_tensor_release(objs[i]);
+}
+
 /* ---- memory ----------------------------------------------------------------------------- */
 
-/* the forward keeps (N)-sized tensors only, and never holds the (N,V) logits, not even
- * for a moment; the backward adds the two gradients and one tile. Run first, so that
- * the pool's peak is this test's own (blocks round up by at most ~19%). */
-static void test_memory(void) {
+/* eval (grad mode off, default budget) and recomputed (budget 0): the forward keeps
+ * (N)-sized tensors only, and never holds the (N,V) logits, not even for a moment; the
+ * backward adds the two gradients and one tile. Run first, so that the pool's peak is this
+ * test's own (blocks round up by at most ~19%). */
+static void test_memory_recomputed(void) {
   const int64_t N = 64, C = 16, V = 20000;
   eng_tensor *h = randn(ENG_DTYPE_F32, 61, 2, (int64_t[]){N, C}, 1, true);
   eng_tensor *w = randn(ENG_DTYPE_F32, 62, 2, (int64_t[]){V, C}, 1, true);
@@ -393,7 +581,16 @@ static void test_memory(void) {
   eng_memory_stats before, after;
   eng_memory_get_stats(&before);
   CHECK(before.peak_in_use < before.bytes_in_use + tile);
+  bool prev = eng_set_grad_enabled(false);
   eng_tensor *lp = eng_linear_logprobs(h, w, lab, 32, 1024);
+  eng_set_grad_enabled(prev);
+  eng_memory_get_stats(&after);
+  CHECK(lp && !lp->grad_fn);
+  CHECK(after.bytes_in_use - before.bytes_in_use < 4096); /* the output */
+  CHECK(after.peak_in_use < before.bytes_in_use + 2 * tile);
+  eng_tensor_release(lp);
+  linear_logprobs_set_keep_budget(0);
+  lp = eng_linear_logprobs(h, w, lab, 32, 1024);
   eng_memory_get_stats(&after);
   CHECK(after.bytes_in_use - before.bytes_in_use < 4096); /* the output and the logsumexp */
   CHECK(after.peak_in_use < before.bytes_in_use + 2 * tile);
@@ -406,6 +603,51 @@ static void test_memory(void) {
   CHECK(after.peak_in_use < before.bytes_in_use + grads + logits / 2);
   eng_tensor_release(s);
   eng_tensor_release(lp);
+  eng_tensor_release(lab);
+  eng_tensor_release(w);
+  eng_tensor_release(h);
+  linear_logprobs_set_keep_budget(-1);
+}
+
+/* kept: the forward holds the (K,V) logits and no tile besides; the backward adds only the
+ * two gradients, and gives the logits back (at once: see test_which_path); a graph dropped
+ * without a backward gives them back too. Run second: the peak before it
+ * is below what it measures. */
+static void test_memory_kept(void) {
+  const int64_t N = 64, C = 16, V = 20000, K = 48;
+  eng_tensor *h = randn(ENG_DTYPE_F32, 63, 2, (int64_t[]){N, C}, 1, true);
+  eng_tensor *w = randn(ENG_DTYPE_F32, 64, 2, (int64_t[]){V, C}, 1, true);
+  double lv[64];
+  for (int r = 0; r < 64; r++) lv[r] = r % 4 == 3 ? -1 : (r * 101) % V;
+  eng_tensor *lab = labels_of(64, lv);
+  size_t logits = (size_t)(K * V) * 4, grads = (size_t)(N * C + V * C) * 4;
+  eng_memory_stats before, after, mid;
+  eng_memory_get_stats(&before);
+  CHECK(before.peak_in_use < before.bytes_in_use + logits);
+  eng_tensor *lp = eng_linear_logprobs(h, w, lab, 0, 0);
+  CHECK(kept_logits(lp));
+  eng_memory_get_stats(&mid);
+  CHECK(mid.bytes_in_use - before.bytes_in_use >= logits);
+  CHECK(mid.bytes_in_use - before.bytes_in_use < logits * 6 / 5 + 4096);
+  CHECK(mid.peak_in_use < before.bytes_in_use + logits * 6 / 5 + 4096); /* no tile buffer besides */
+  eng_tensor *s = eng_sum(lp, ENG_ALL_DIMS, false);
+  eng_memory_get_stats(&mid);
+  CHECK(eng_backward(s, NULL) == 0);
+  eng_memory_get_stats(&after);
+  CHECK(after.peak_in_use < mid.bytes_in_use + grads * 6 / 5 + 4096); /* no tile buffer */
+  CHECK(after.bytes_in_use < before.bytes_in_use + grads * 6 / 5 + 4096); /* the logits are given back */
+  eng_tensor_release(s);
+  eng_tensor_release(lp);
+  eng_set_grad(h, NULL);
+  eng_set_grad(w, NULL);
+  /* dropped without a backward */
+  eng_memory_get_stats(&before);
+  lp = eng_linear_logprobs(h, w, lab, 0, 0);
+  eng_memory_get_stats(&mid);
+  CHECK(mid.bytes_in_use - before.bytes_in_use >= logits);
+  eng_tensor_release(lp);
+  eng_memory_get_stats(&after);
+  CHECK(after.bytes_in_use == before.bytes_in_use);
   eng_tensor_release(lab);
   eng_tensor_release(w);
   eng_tensor_release(h);
@@ -456,14 +698,17 @@ static void test_errors(void) {
 }
 
 int main(void) {
-  RUN(test_memory);
-  RUN(test_values);
-  RUN(test_gradcheck);
-  RUN(test_one_row);
-  RUN(test_all_skipped);
-  RUN(test_matches_unfused);
-  RUN(test_deterministic);
-  RUN(test_extremes);
+  RUN(test_memory_recomputed);
+  RUN(test_memory_kept);
+  RUN_BOTH(test_values);
+  RUN_BOTH(test_gradcheck);
+  RUN_BOTH(test_one_row);
+  RUN_BOTH(test_all_skipped);
+  RUN_BOTH(test_matches_unfused);
+  RUN_BOTH(test_deterministic);
+  RUN_BOTH(test_extremes);
+  RUN(test_paths_bit_identical);
+  RUN(test_which_path);
   RUN(test_errors);
   DONE();
 }

@@ -3,7 +3,10 @@
 -- hand, agreement with the unfused token_logprobs(matmul(h, Wᵀ)) in value
 -- and in both gradients, float64 gradient checks over tiles that do not
 -- divide the rows or the vocabulary, the options and error messages word for
--- word, and CausalLM:logprobs on top of it (tensor and table labels, the
+-- word, the (K,V) logits held from forward to backward only when a gradient
+-- is recorded (these shapes are all under the keep budget, so the backward
+-- here reads the kept logits; tests/c/test_linear_logprobs.c runs both paths),
+-- and CausalLM:logprobs on top of it (tensor and table labels, the
 -- model-level messages). Results at a fixed thread count (OpenBLAS's
 -- rounding depends on it).
 local H = require("helper")
@@ -77,6 +80,32 @@ describe("E.linear_logprobs", function()
       return (E.linear_logprobs(a, b, labels, { chunk_rows = 2, chunk_vocab = 3 }) * wt):sum()
     end, { h, W }, { atol = 1e-6, rtol = 1e-5 })
     assert(ok, report)
+  end)
+
+  it("holds the (K,V) logits from forward to backward only when a gradient is recorded", function()
+    local K, C, V = 60, 8, 5000
+    local h = E.randn({ K + 4, C }, { seed = 6 }):requires_grad(true)
+    local W = E.randn({ V, C }, { seed = 7 }):requires_grad(true)
+    local lab = {}
+    for i = 1, K + 4 do lab[i] = i % 16 == 0 and -100 or (i * 37) % V end -- 4 rows skipped
+    local labt = E.tensor(lab)
+    local logits, grads = K * V * 4, ((K + 4) * C + V * C) * 4
+    local function in_use()
+      collectgarbage()
+      collectgarbage()
+      return E.memory_stats().bytes_in_use
+    end
+    local base = in_use()
+    local lp = E.no_grad(function() return E.linear_logprobs(h, W, labt) end)
+    assert(in_use() - base < 4096, "eval keeps only the output")
+    lp = E.linear_logprobs(h, W, labt)
+    local held = in_use() - base
+    assert(held >= logits and held < logits * 1.2 + 4096, "training holds the logits: " .. held)
+    lp:sum():backward()
+    lp = nil
+    local after = in_use() - base
+    assert(after < grads * 1.2 + 4096, "the backward gives the logits back: " .. after)
+    assert(h.grad and W.grad)
   end)
 
   it("names bad arguments", function()
