@@ -8,6 +8,13 @@
  * MC x KC blocks of MR-tall panels that stay in L2, a 14x32 register tile).
  * Elsewhere, and when ENGINE_SGEMM=openblas is set, cblas_sgemm does the work.
  *
+ * Threads: the rows of C are cut into blocks (and the columns into chunks
+ * when there are fewer row blocks than threads); each thread packs its own
+ * copy of the B panels its blocks need, so threads never wait for each other
+ * inside a product (with OMP_WAIT_POLICY=PASSIVE a barrier per K block cost
+ * more than packing B twice). Inside an OpenMP parallel region (attention's
+ * per-head products) the product runs on the calling thread alone.
+ *
  * Determinism: every element of C is the same chain of FMAs over k (blocks
  * of KC in order, each block one accumulator from zero, added to C) whatever
  * the thread count or the split of rows and columns, so the result does not
@@ -206,52 +213,77 @@ typedef struct {
   const float *A, *B;
   float *C;
   int64_t mc, n_i, n_j; /* row blocks of mc rows; each block's columns in n_j chunks */
-  float *bpack, *apack; /* apack: one MC_MAX x KC block per thread */
+  int64_t bstride;      /* floats between two threads' B blocks */
+  float *bpack, *apack; /* per thread: a KC x NC block of B, an MC_MAX x KC block of A */
 } gemm_plan;
 
-static void run_unit(const gemm_plan *p, int64_t u, int64_t jc, int64_t nc, int64_t pc, int64_t kc, float beta,
-                     float *ap) {
-  int64_t bi = u / p->n_j, bj = u % p->n_j;
-  int64_t i0 = bi * p->mc, mc = p->M - i0 < p->mc ? p->M - i0 : p->mc;
-  if (mc <= 0) return;
-  int64_t panels = (nc + NR - 1) / NR, per = (panels + p->n_j - 1) / p->n_j;
-  int64_t q0 = bj * per, q1 = q0 + per < panels ? q0 + per : panels;
-  if (q0 >= q1) return;
-  for (int64_t ir = 0; ir < mc; ir += MR) {
-    int64_t mr = mc - ir < MR ? mc - ir : MR;
-    pack_a_panel(p->ta, p->A, p->lda, i0 + ir, mr, pc, kc, ap + ir * kc);
-  }
-  for (int64_t q = q0; q < q1; q++) {
-    int64_t jr = q * NR, nr = nc - jr < NR ? nc - jr : NR;
-    const float *bp = p->bpack + q * kc * NR;
-    float *cblk = p->C + i0 * p->ldc + jc + jr;
-    for (int64_t ir = 0; ir < mc; ir += MR) {
-      int64_t mr = mc - ir < MR ? mc - ir : MR;
-      kernel_14x32(kc, ap + ir * kc, bp, cblk + ir * p->ldc, p->ldc, (int)mr, (int)nr, p->alpha, beta);
+/* the NR-wide panels [*q0, *q1) of a column block of `panels` that unit u
+ * covers */
+static void unit_panels(const gemm_plan *p, int64_t u, int64_t panels, int64_t *q0, int64_t *q1) {
+  int64_t per = (panels + p->n_j - 1) / p->n_j;
+  *q0 = (u % p->n_j) * per;
+  *q1 = *q0 + per < panels ? *q0 + per : panels;
+}
+
+/* thread t of nt: its share of the units (row block x column chunk), with
+ * its own packed copies of the B panels and A rows it needs, so the threads
+ * never wait for each other (a barrier per K block costs more than packing
+ * B twice) */
+static void run_thread(const gemm_plan *p, int t, int nt) {
+  int64_t units = p->n_i * p->n_j, u0 = units * t / nt, u1 = units * (t + 1) / nt;
+  float *bp = p->bpack + (int64_t)t * p->bstride, *ap = p->apack + (int64_t)t * MC_MAX * KC;
+  for (int64_t jc = 0; jc < p->N; jc += NC) {
+    int64_t nc = p->N - jc < NC ? p->N - jc : NC, panels = (nc + NR - 1) / NR;
+    int64_t lo = panels, hi = 0;
+    for (int64_t u = u0; u < u1; u++) {
+      int64_t q0, q1;
+      unit_panels(p, u, panels, &q0, &q1);
+      if (q0 < q1 && p->mc * (u / p->n_j) < p->M) {
+        lo = q0 < lo ? q0 : lo;
+        hi = q1 > hi ? q1 : hi;
+      }
+    }
+    if (lo >= hi) continue;
+    for (int64_t pc = 0; pc < p->K; pc += KC) {
+      int64_t kc = p->K - pc < KC ? p->K - pc : KC;
+      float beta = pc == 0 ? p->beta : 1.0f;
+      for (int64_t q = lo; q < hi; q++) {
+        int64_t nr = nc - q * NR < NR ? nc - q * NR : NR;
+        pack_b_panel(p->tb, p->B, p->ldb, pc, kc, jc + q * NR, nr, bp + (q - lo) * kc * NR);
+      }
+      int64_t packed_block = -1;
+      for (int64_t u = u0; u < u1; u++) {
+        int64_t bi = u / p->n_j, i0 = bi * p->mc, mc = p->M - i0 < p->mc ? p->M - i0 : p->mc, q0, q1;
+        unit_panels(p, u, panels, &q0, &q1);
+        if (mc <= 0 || q0 >= q1) continue;
+        if (bi != packed_block) {
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            int64_t mr = mc - ir < MR ? mc - ir : MR;
+            pack_a_panel(p->ta, p->A, p->lda, i0 + ir, mr, pc, kc, ap + ir * kc);
+          }
+          packed_block = bi;
+        }
+        for (int64_t q = q0; q < q1; q++) {
+          int64_t jr = q * NR, nr = nc - jr < NR ? nc - jr : NR;
+          const float *b = bp + (q - lo) * kc * NR;
+          float *cblk = p->C + i0 * p->ldc + jc + jr;
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            int64_t mr = mc - ir < MR ? mc - ir : MR;
+            kernel_14x32(kc, ap + ir * kc, b, cblk + ir * p->ldc, p->ldc, (int)mr, (int)nr, p->alpha, beta);
+          }
+        }
+      }
     }
   }
 }
 
 static void run_plan(const gemm_plan *p, int nt) {
-  int64_t units = p->n_i * p->n_j;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    float *ap = p->apack + (int64_t)omp_get_thread_num() * MC_MAX * KC;
-    for (int64_t jc = 0; jc < p->N; jc += NC) {
-      int64_t nc = p->N - jc < NC ? p->N - jc : NC, panels = (nc + NR - 1) / NR;
-      for (int64_t pc = 0; pc < p->K; pc += KC) {
-        int64_t kc = p->K - pc < KC ? p->K - pc : KC;
-        float beta = pc == 0 ? p->beta : 1.0f;
-#pragma omp for schedule(static)
-        for (int64_t q = 0; q < panels; q++) {
-          int64_t nr = nc - q * NR < NR ? nc - q * NR : NR;
-          pack_b_panel(p->tb, p->B, p->ldb, pc, kc, jc + q * NR, nr, p->bpack + q * kc * NR);
-        }
-#pragma omp for schedule(static)
-        for (int64_t u = 0; u < units; u++) run_unit(p, u, jc, nc, pc, kc, beta, ap);
-      }
-    }
+  if (nt == 1) {
+    run_thread(p, 0, 1);
+    return;
   }
+#pragma omp parallel num_threads(nt)
+  run_thread(p, omp_get_thread_num(), omp_get_num_threads());
 }
 
 static void blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
@@ -270,7 +302,8 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
   }
   int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (work < MIN_PARALLEL_WORK) nt = 1;
-  gemm_plan p = {ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C, 0, 0, 0, NULL, NULL};
+  gemm_plan p = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb, .ldc = ldc,
+                 .alpha = alpha, .beta = beta, .A = A, .B = B, .C = C};
   /* row blocks: at most MC_MAX rows, a multiple of the thread count when
    * there are rows enough; otherwise the columns are split too */
   int64_t n_i = (M + MC_MAX - 1) / MC_MAX;
@@ -283,12 +316,13 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
   p.n_j = p.n_i % nt == 0 ? 1 : nt;
   int64_t ncap = N < NC ? (N + NR - 1) / NR * NR : NC;
   int64_t kcap = K < KC ? K : KC;
-  float *ws = workspace((size_t)(kcap * ncap) + (size_t)nt * MC_MAX * KC);
+  p.bstride = kcap * ncap; /* a multiple of NR: every block stays 128-byte aligned */
+  float *ws = workspace((size_t)nt * (size_t)(p.bstride + MC_MAX * KC));
   if (!ws) {
     blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   p.bpack = ws;
-  p.apack = ws + kcap * ncap; /* 128-byte aligned: ncap is a multiple of NR */
+  p.apack = ws + nt * p.bstride;
   run_plan(&p, nt);
 }
