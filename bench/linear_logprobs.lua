@@ -5,9 +5,9 @@
 -- is its own:
 --   fused    E.linear_logprobs(h, W, labels): tiles of rows × tokens (what
 --            CausalLM:logprobs runs now). Its backward reads the logits the
---            forward kept when they fit its keep budget (64 MiB: here
---            V = 8192, 34 MB; the pool peak then holds them) and recomputes
---            them tile by tile otherwise (V = 50257, 206 MB)
+--            forward kept when they fit its keep budget (256 MiB: here
+--            V = 8192, 34 MB, and V = 50257, 206 MB; the pool peak then
+--            holds them) and recomputes them tile by tile otherwise
 --   chunked  the Lua path CausalLM:logprobs ran before: per chunk of about
 --            4M logits, matmul(h_chunk, Wᵀ) then token_logprobs, chunks
 --            concatenated (each chunk's logits stay on the tape)
@@ -26,7 +26,7 @@ local E = require("engine")
 
 local N, C = 1024, 768
 local MB = 1e6
-local KEEP_BUDGET = 64 * 1024 * 1024 -- ops_linear_logprobs.c's LLP_KEEP_BYTES
+local KEEP_BUDGET = 256 * 1024 * 1024 -- ops_linear_logprobs.c's LLP_KEEP_BYTES
 
 -- VmRSS and VmHWM of this process, in bytes
 local function rss()

@@ -9,7 +9,7 @@
  * (rows × vocabulary) so that the (N,V) logits never exist at once: the
  * forward keeps only the per-row logsumexp, the backward recomputes each
  * tile's logits, unless a gradient is recorded and the (K,V) logits of the
- * K kept rows fit 64 MiB: then the forward keeps them for the backward (the
+ * K kept rows fit 256 MiB: then the forward keeps them for the backward (the
  * same bits, one gemm fewer). Rows whose label is < 0 (prompt, padding)
  * never reach the head. Results are deterministic for a given thread count
  * and chunk size.

@@ -73,7 +73,7 @@ void gemm_f32_set_engine_kernel(bool on); /* for benchmarks and tests */
 
 /* ---- the fused LM head (ops_linear_logprobs.c) ---------------------------- */
 /* the budget in bytes for keeping the (K,V) logits from forward to backward:
- * 0 never keeps them, < 0 restores the default (64 MiB); returns the previous
+ * 0 never keeps them, < 0 restores the default (256 MiB); returns the previous
  * budget. For tests and benchmarks. */
 int64_t linear_logprobs_set_keep_budget(int64_t bytes);
 

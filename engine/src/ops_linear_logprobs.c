@@ -21,7 +21,7 @@
  * written once and never re-read.
  *
  * Kept logits: when a gradient is being recorded and the whole (K,V)
- * logits take at most the keep budget (LLP_KEEP_BYTES, 64 MiB; K·V·4 bytes
+ * logits take at most the keep budget (LLP_KEEP_BYTES, 256 MiB; K·V·4 bytes
  * in float32), the forward's gemm writes each tile into a saved (K·V)
  * buffer on the node, tile after tile (the tile of rows [k0,k0+n) and
  * tokens [v0,v0+vb) at element k0·V + n·v0, rows vb apart), and the backward
@@ -61,7 +61,7 @@
 #define LLP_TILE ((int64_t)1 << 22) /* default logits per tile: 16 MB in float32 */
 #define LLP_ROWS 1024               /* default rows per chunk */
 #define LLP_MIN_VB 256              /* narrowest default vocabulary block */
-#define LLP_KEEP_BYTES ((int64_t)64 << 20) /* kept logits at most: 64 MiB */
+#define LLP_KEEP_BYTES ((int64_t)256 << 20) /* kept logits at most: 256 MiB */
 
 static int64_t keep_budget = LLP_KEEP_BYTES;
 

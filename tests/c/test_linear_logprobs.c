@@ -16,7 +16,7 @@
 /* ops_linear_logprobs.c: the keep budget in bytes (0 never keeps, < 0 the default);
  * returns the previous one */
 
-#define DEFAULT_BUDGET ((int64_t)64 << 20)
+#define DEFAULT_BUDGET ((int64_t)256 << 20)
 
 /* a test on each backward path: logits kept from the forward, then recomputed */
 #define RUN_BOTH(test)                                                                             \
@@ -505,7 +505,7 @@ static eng_tensor *probe(eng_tensor *x) {
   return out;
 }
 
-/* the logits are kept when K·V·(dtype size) <= the budget (64 MiB by default) and a gradient
+/* the logits are kept when K·V·(dtype size) <= the budget (256 MiB by default) and a gradient
  * is recorded; never in eval (grad mode off, or no input requiring grad), or with no kept row */
 static void test_which_path(void) {
   CHECK(linear_logprobs_set_keep_budget(-1) == DEFAULT_BUDGET);
