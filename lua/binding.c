@@ -1532,6 +1532,7 @@ int luaopen_engine(lua_State *L) {
   binding_sampling_open(L);
   binding_fused_open(L);
   binding_fpmode_open(L);
+  binding_linear_open(L);
   lua_settop(L, E);
 
   /* registered early so that the Lua side can require("engine") */

@@ -68,5 +68,6 @@ LB_API void binding_optim_open(lua_State *L);
 LB_API void binding_sampling_open(lua_State *L);
 LB_API void binding_fused_open(lua_State *L);
 LB_API void binding_fpmode_open(lua_State *L);
+LB_API void binding_linear_open(lua_State *L);
 
 #endif

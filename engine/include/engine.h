@@ -241,5 +241,6 @@ int eng_gradcheck(eng_scalar_fn fn, void *ctx, eng_tensor **inputs, int n,
 #include "engine_tokenizer.h"
 #include "engine_fused.h"
 #include "engine_fpmode.h"
+#include "engine_linear.h"
 
 #endif

@@ -14,7 +14,7 @@
 -- Layers: Linear (weight (out,in) as torch; x·Wᵀ is one gemm with a
 -- transpose flag), Conv1D (GPT-2's layer: weight (in,out), x·W), Embedding,
 -- LayerNorm, RMSNorm, Dropout, ModuleList. Each is a thin shell over one or
--- two engine ops (E.matmul, E.embedding, E.layer_norm, E.rms_norm,
+-- two engine ops (E.linear, E.embedding, E.layer_norm, E.rms_norm,
 -- E.dropout); all arithmetic is the engine's.
 --
 -- Not here: the models (engine.models), optimizers (engine.optim), LoRA
@@ -283,10 +283,17 @@ function Linear.new(in_features, out_features, opts)
   return self
 end
 
--- x (..., in) -> (..., out)
+-- E.linear(x, W, b, {transpose_w=}) is x·W + b (x·Wᵀ + b) as ONE engine op
+-- (lua/binding_linear.c), equal bit for bit to E.matmul then + b: its node
+-- keeps x and W for the backward, never the output or a pre-bias product.
+local linear = E.linear
+local AS_LINEAR, AS_CONV1D = { transpose_w = true }, { transpose_w = false }
+
+-- x (..., in) -> (..., out) = x·Wᵀ + b in one op (W read in place through a
+-- transpose flag); a LoRA adapter (m.adapter, engine.lora) then adds its
+-- own term to that output
 function Linear:forward(x)
-  local y = E.matmul(x, self.weight:transpose(1, 2))
-  if self.bias then y = y + self.bias end
+  local y = linear(x, self.weight, self.bias, AS_LINEAR)
   if self.adapter then y = self.adapter:add(self, x, y) end
   return y
 end
@@ -314,10 +321,10 @@ function Conv1D.new(in_features, out_features, opts)
   return self
 end
 
--- x (..., in) -> (..., out)
+-- x (..., in) -> (..., out) = x·W + b in one op (E.linear, above); a LoRA
+-- adapter (m.adapter) then adds its own term to that output
 function Conv1D:forward(x)
-  local y = E.matmul(x, self.weight)
-  if self.bias then y = y + self.bias end
+  local y = linear(x, self.weight, self.bias, AS_CONV1D)
   if self.adapter then y = self.adapter:add(self, x, y) end
   return y
 end
