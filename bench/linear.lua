@@ -1,5 +1,5 @@
--- bench/linear.lua — the fused linear op (E.linear: one node, the bias
--- written first and the product added onto it by the gemm) against the two
+-- bench/linear.lua — the fused linear op (E.linear: one node, the product
+-- then the bias added in place) against the two
 -- ops it replaced in nn.Linear / nn.Conv1D (E.matmul(x, W) then + b), in
 -- the same invocation:
 --   time    forward + backward of nn.Conv1D at GPT-2 small shapes,
