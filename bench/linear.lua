@@ -20,7 +20,6 @@
 --   build/engine bench/linear.lua [threads=2] [reps=15] [torch=1]
 local E = require("engine")
 local nn = require("engine.nn")
-local lm = require("engine.lm")
 
 local threads = tonumber(arg[1]) or 2
 local reps = tonumber(arg[2]) or 15
@@ -158,57 +157,17 @@ end
 
 -- ---- memory: the tape between forward and backward of a DPO step -----------------
 
-local dpo = dofile(here .. "/recipes/dpo.lua")
+local D = dofile(here .. "/bench/dpo_batch.lua")(here)
 local cfg = { V = 257, C = 128, L = 4, H = 4, npos = 192, inner = 512, rows = 32, T = 192, prompt = 64 }
-
-local function full_batch(rows, T, prompt, seed)
-  local gen = E.Generator(seed)
-  local ids, attn, lmask = {}, {}, {}
-  for r = 1, rows do
-    ids[r], attn[r], lmask[r] = {}, {}, {}
-    for t = 1, T do
-      ids[r][t] = math.floor(gen:uniform() * cfg.V)
-      attn[r][t] = 1
-      lmask[r][t] = t > prompt and 1 or 0
-    end
-  end
-  local idx = {}
-  for i = 1, rows // 2 do idx[i] = i end
-  return { ids = E.tensor(ids), attention_mask = E.tensor(attn), loss_mask = E.tensor(lmask), size = rows // 2,
-    indices = idx }
-end
-
-local function dpo_loss(model, batch, ref)
-  local S = lm.sequence_logps(model, batch)
-  local B = batch.size
-  local b = { policy_chosen_logps = S:narrow(1, 1, B), policy_rejected_logps = S:narrow(1, B + 1, B),
-    reference_chosen_logps = ref:narrow(1, 1, B), reference_rejected_logps = ref:narrow(1, B + 1, B) }
-  return (dpo.loss(b, { beta = 0.1, loss_type = "sigmoid", label_smoothing = 0 }))
-end
-
--- bytes the tape holds after the forward (and the loss), as bench/memory.lua measures them
-local function saved_bytes(model, batch)
-  for _, p in ipairs(model:parameters()) do p.tensor:zero_grad() end
-  collectgarbage()
-  local a0 = E.memory_stats().bytes_in_use
-  local L = dpo_loss(model, batch, batch.ref)
-  collectgarbage()
-  local saved = E.memory_stats().bytes_in_use - a0
-  L:backward()
-  L = nil
-  collectgarbage()
-  return saved
-end
 
 local model = E.models.new({ model_type = "gpt2", vocab_size = cfg.V, n_embd = cfg.C, n_layer = cfg.L,
   n_head = cfg.H, n_positions = cfg.npos, n_inner = cfg.inner }, { seed = 0 })
-local batch = full_batch(cfg.rows, cfg.T, cfg.prompt, 2)
-batch.ref = E.no_grad(lm.sequence_logps, model, batch)
-saved_bytes(model, batch) -- warm-up
-local fused_saved = saved_bytes(model, batch)
+local batch = D.with_ref(model, D.full_batch(cfg.rows, cfg.T, cfg.prompt, 2, cfg.V))
+D.saved_bytes(model, batch) -- warm-up
+local fused_saved = D.saved_bytes(model, batch)
 local lin_fwd, conv_fwd = nn.Linear.forward, nn.Conv1D.forward
 nn.Linear.forward, nn.Conv1D.forward = old_linear_forward, old_conv1d_forward
-local old_saved = saved_bytes(model, batch)
+local old_saved = D.saved_bytes(model, batch)
 nn.Linear.forward, nn.Conv1D.forward = lin_fwd, conv_fwd
 
 local torch_saved

@@ -34,14 +34,12 @@
 -- Prints figures in MB (10^6 bytes) and ratios; asserts nothing.
 --   build/engine bench/memory.lua [threads=2] [configs=default,big]
 local E = require("engine")
-local lm = require("engine.lm")
 
 local threads = tonumber(arg[1]) or 2
 local which = arg[2] or "default,big"
 E.set_threads(threads)
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$") or "."
-local dpo = dofile(here .. "/recipes/dpo.lua")
 
 local configs = {
   default = { name = "default model shape", V = 257, C = 128, L = 4, H = 4, npos = 192, inner = 512, rows = 32,
@@ -54,40 +52,9 @@ local PROMPT = 64
 local proc = dofile(here .. "/bench/proc_memory.lua")
 local status, reset_hwm = proc.status_kb, proc.reset_hwm
 
--- a batch of `rows` full rows of length T: ids, attention_mask, loss_mask
--- (0 on the prompt, 1 after), as engine.data makes them
-local function full_batch(rows, T, prompt, seed)
-  local g = E.Generator(seed)
-  local ids, attn, lmask = {}, {}, {}
-  for r = 1, rows do
-    ids[r], attn[r], lmask[r] = {}, {}, {}
-    for t = 1, T do
-      ids[r][t] = math.floor(g:uniform() * 257)
-      attn[r][t] = 1
-      lmask[r][t] = t > prompt and 1 or 0
-    end
-  end
-  local idx = {}
-  for i = 1, rows // 2 do idx[i] = i end
-  return { ids = E.tensor(ids), attention_mask = E.tensor(attn), loss_mask = E.tensor(lmask), size = rows // 2,
-    indices = idx }
-end
-
-local function with_ref(model, batch)
-  batch.ref = E.no_grad(lm.sequence_logps, model, batch)
-  return batch
-end
-
--- the DPO loss against reference sums ref (R) = the model's own before the
--- step (made-up references would saturate log σ and fill backward with
--- float32 subnormals: same memory, many times the time)
-local function loss_of(model, batch, ref)
-  local S = lm.sequence_logps(model, batch)
-  local B = batch.size
-  local b = { policy_chosen_logps = S:narrow(1, 1, B), policy_rejected_logps = S:narrow(1, B + 1, B),
-    reference_chosen_logps = ref:narrow(1, 1, B), reference_rejected_logps = ref:narrow(1, B + 1, B) }
-  return (dpo.loss(b, { beta = 0.1, loss_type = "sigmoid", label_smoothing = 0 }))
-end
+local D = dofile(here .. "/bench/dpo_batch.lua")(here)
+local function full_batch(rows, T, prompt, seed) return D.full_batch(rows, T, prompt, seed, 257) end
+local with_ref, loss_of = D.with_ref, D.loss
 
 local function engine_figures(c)
   local model = E.models.new({ model_type = "gpt2", vocab_size = c.V, n_embd = c.C, n_layer = c.L, n_head = c.H,
@@ -117,13 +84,7 @@ local function engine_figures(c)
     rss_after = status("VmRSS"), ms = ms,
   }
   -- the activations the tape holds between forward and backward
-  opt:zero_grad()
-  collectgarbage()
-  local a0 = E.memory_stats().bytes_in_use
-  local L = loss_of(model, batch, batch.ref)
-  collectgarbage()
-  f.saved = E.memory_stats().bytes_in_use - a0
-  L:backward()
+  f.saved = D.saved_bytes(model, batch)
   return f
 end
 
