@@ -1334,6 +1334,12 @@ static int l_get_threads(lua_State *L) {
   return 1;
 }
 
+/* E.matmul_backend() -> "engine-avx512" | "openblas" */
+static int l_matmul_backend(lua_State *L) {
+  lua_pushstring(L, eng_matmul_backend());
+  return 1;
+}
+
 static int l_memory_stats(lua_State *L) {
   eng_memory_stats s;
   eng_memory_get_stats(&s);
@@ -1443,6 +1449,7 @@ static const luaL_Reg module_functions[] = {
     {"manual_seed", l_manual_seed},
     {"set_threads", l_set_threads},
     {"get_threads", l_get_threads},
+    {"matmul_backend", l_matmul_backend},
     {"memory_stats", l_memory_stats},
     {"memory_trim", l_memory_trim},
     {"wall_time", l_wall_time},

@@ -210,6 +210,9 @@ eng_tensor *eng_token_logprobs(eng_tensor *logits, eng_tensor *labels);
 /* sets the engine's OpenMP threads and OpenBLAS's together */
 void eng_set_threads(int n);
 int eng_get_threads(void);
+/* what runs float32 matrix products: "engine-avx512" (results independent
+ * of the thread count) or "openblas" (no AVX-512F, or ENGINE_SGEMM=openblas) */
+const char *eng_matmul_backend(void);
 typedef struct {
   size_t bytes_in_use;   /* held by live storages */
   size_t bytes_cached;   /* freed storages kept for reuse */

@@ -60,6 +60,8 @@ bool gemm_f32_engine_kernel(void) {
   return b == 1;
 }
 
+const char *eng_matmul_backend(void) { return gemm_f32_engine_kernel() ? "engine-avx512" : "openblas"; }
+
 void gemm_f32_set_engine_kernel(bool on) {
   __atomic_store_n(&backend, on ? pick_backend() : 0, __ATOMIC_RELAXED);
 }

@@ -313,8 +313,9 @@ M.CHUNK_LOGITS = 1 << 22
 
 -- (B,T) log-probabilities of labels (label < 0 gives 0) through the fused
 -- head E.linear_logprobs: tiles of positions by tokens, so the (B,T,V)
--- logits never exist, with grad or without (the backward recomputes each
--- tile); rows whose label is < 0 (prompt, padding) never reach the head.
+-- logits never exist at once, with grad or without (the backward recomputes
+-- each tile, or reuses the forward's when all the logits fit 256 MiB); rows
+-- whose label is < 0 (prompt, padding) never reach the head.
 -- opts: those of hidden, plus chunk_rows (positions per tile) and
 -- temperature (log-probs under softmax(logits / temperature), as sampled).
 function CausalLM:logprobs(ids, labels, opts)
