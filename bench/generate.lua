@@ -60,12 +60,7 @@ local settings = {
   topkp = { temperature = 0.8, top_k = 50, top_p = 0.9 },
 }
 
-local function median(xs)
-  local s = table.move(xs, 1, #xs, 1, {})
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
+local median = dofile(here .. "/stats.lua").median
 
 -- tokens/s of the engine: the median of `reps` runs after a warm-up
 local function engine_tps(model, prompts, opts)

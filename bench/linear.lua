@@ -32,13 +32,7 @@ assert(E.linear, "bench/linear.lua: this build has no E.linear (lua/binding_line
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$") or "."
 
-local function median(xs)
-  local s = {}
-  for i, v in ipairs(xs) do s[i] = v end
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
+local median = dofile(here .. "/bench/stats.lua").median
 
 -- the forward nn.Linear and nn.Conv1D had before E.linear (for the memory figure)
 local function old_linear_forward(self, x)

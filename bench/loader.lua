@@ -49,12 +49,7 @@ E.set_threads(threads)
 local here = debug.getinfo(1, "S").source:match("^@(.*)/bench/[^/]*$") or "."
 local dpo = dofile(here .. "/recipes/dpo.lua")
 
-local function median(xs)
-  local s = table.move(xs, 1, #xs, 1, {})
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) // 2] or (s[n // 2] + s[n // 2 + 1]) / 2
-end
+local median = dofile(here .. "/bench/stats.lua").median
 
 -- minor page faults of this process so far (/proc/self/stat, field 10)
 local function minflt()

@@ -28,6 +28,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from torch_gpt2 import blocks
+
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -45,7 +47,6 @@ def reset_hwm():
 threads, V, C, L, H, NPOS, R, T, PROMPT = (int(a) for a in sys.argv[1:10])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-D = C // H
 std = 0.02
 
 
@@ -58,12 +59,12 @@ wte, wpe = param(V, C), param(NPOS, C)
 layers = []
 for _ in range(L):
     layers.append({
-        "ln1_w": param(C, fill=1.0), "ln1_b": param(C, fill=0.0),
-        "attn_w": param(C, 3 * C), "attn_b": param(3 * C, fill=0.0),
-        "proj_w": param(C, C, s=std / math.sqrt(2 * L)), "proj_b": param(C, fill=0.0),
-        "ln2_w": param(C, fill=1.0), "ln2_b": param(C, fill=0.0),
-        "fc_w": param(C, 4 * C), "fc_b": param(4 * C, fill=0.0),
-        "fc2_w": param(4 * C, C, s=std / math.sqrt(2 * L)), "fc2_b": param(C, fill=0.0),
+        "ln_1.weight": param(C, fill=1.0), "ln_1.bias": param(C, fill=0.0),
+        "attn.c_attn.weight": param(C, 3 * C), "attn.c_attn.bias": param(3 * C, fill=0.0),
+        "attn.c_proj.weight": param(C, C, s=std / math.sqrt(2 * L)), "attn.c_proj.bias": param(C, fill=0.0),
+        "ln_2.weight": param(C, fill=1.0), "ln_2.bias": param(C, fill=0.0),
+        "mlp.c_fc.weight": param(C, 4 * C), "mlp.c_fc.bias": param(4 * C, fill=0.0),
+        "mlp.c_proj.weight": param(4 * C, C, s=std / math.sqrt(2 * L)), "mlp.c_proj.bias": param(C, fill=0.0),
     })
 lnf_w, lnf_b = param(C, fill=1.0), param(C, fill=0.0)
 params = [wte, wpe, lnf_w, lnf_b] + [p for layer in layers for p in layer.values()]
@@ -75,22 +76,10 @@ opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.0}, {"params": no_d
 
 def forward(ids):
     """ids (R,T) -> logits (R,T,V)"""
-    Rn, Tn = ids.shape
+    Tn = ids.shape[1]
     causal = torch.ones(Tn, Tn, dtype=torch.bool).triu(1)
     x = wte[ids] + wpe[:Tn]
-    for p in layers:
-        h = F.layer_norm(x, (C,), p["ln1_w"], p["ln1_b"], 1e-5)
-        qkv = torch.addmm(p["attn_b"], h.view(-1, C), p["attn_w"]).view(Rn, Tn, 3, H, D)
-        q, k, v = qkv.unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))
-        att = att.masked_fill(causal, -math.inf)
-        o = att.softmax(-1) @ v
-        o = o.transpose(1, 2).reshape(Rn * Tn, C)
-        x = x + torch.addmm(p["proj_b"], o, p["proj_w"]).view(Rn, Tn, C)
-        h = F.layer_norm(x, (C,), p["ln2_w"], p["ln2_b"], 1e-5)
-        h = F.gelu(torch.addmm(p["fc_b"], h.view(-1, C), p["fc_w"]), approximate="tanh")
-        x = x + torch.addmm(p["fc2_b"], h, p["fc2_w"]).view(Rn, Tn, C)
+    x = blocks(x, layers, H, causal)
     x = F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5)
     return x @ wte.t()
 

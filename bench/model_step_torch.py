@@ -42,6 +42,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from torch_gpt2 import blocks
+
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -87,7 +89,6 @@ threads, V, C, L, H, NPOS, B, T, WARMUP, STEPS = (int(a) for a in argv[:10])
 weights_path = argv[10] if len(argv) > 10 and argv[10] != "-" else None
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-D = C // H
 std = 0.02
 
 
@@ -133,21 +134,7 @@ pos = torch.arange(T)
 
 def forward_hidden(ids):
     """ids (B,T) -> final hidden states (B,T,C)"""
-    Bn, Tn = ids.shape
-    x = wte[ids] + wpe[pos]
-    for p in layers:
-        h = F.layer_norm(x, (C,), p["ln_1.weight"], p["ln_1.bias"], 1e-5)
-        qkv = torch.addmm(p["attn.c_attn.bias"], h.view(-1, C), p["attn.c_attn.weight"]).view(Bn, Tn, 3, H, D)
-        q, k, v = qkv.unbind(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))
-        att = att.masked_fill(causal, -math.inf)
-        o = att.softmax(-1) @ v
-        o = o.transpose(1, 2).reshape(Bn * Tn, C)
-        x = x + torch.addmm(p["attn.c_proj.bias"], o, p["attn.c_proj.weight"]).view(Bn, Tn, C)
-        h = F.layer_norm(x, (C,), p["ln_2.weight"], p["ln_2.bias"], 1e-5)
-        h = F.gelu(torch.addmm(p["mlp.c_fc.bias"], h.view(-1, C), p["mlp.c_fc.weight"]), approximate="tanh")
-        x = x + torch.addmm(p["mlp.c_proj.bias"], h, p["mlp.c_proj.weight"]).view(Bn, Tn, C)
+    x = blocks(wte[ids] + wpe[pos], layers, H, causal)
     return F.layer_norm(x, (C,), lnf_w, lnf_b, 1e-5)
 
 

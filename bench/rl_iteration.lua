@@ -35,11 +35,7 @@ local total = E.wall_time() - t0
 local rows = Metrics.read(dir .. "/metrics.jsonl")
 os.execute("rm -rf '" .. dir .. "'")
 
-local function median(list)
-  table.sort(list)
-  local n = #list
-  return n % 2 == 1 and list[(n + 1) // 2] or (list[n // 2] + list[n // 2 + 1]) / 2
-end
+local median = dofile(here .. "/bench/stats.lua").median
 local phases = { "time/generation", "time/scoring", "time/reference", "time/update" }
 local med, sum = {}, 0
 for _, p in ipairs(phases) do
